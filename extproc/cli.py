@@ -1,0 +1,150 @@
+"""The `tokengate` command.
+
+tokengate serve          the ext_proc sidecar (what runs beside Envoy in production)
+tokengate mock-provider  the OpenAI/Anthropic-compatible simulator
+tokengate dev            the whole local stack in the foreground (`make run`)
+tokengate fetch-vocab    provision tiktoken vocab files for offline use
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from extproc.errors import ConfigError
+from extproc.settings import add_serve_arguments, serve_settings
+
+DEMO_KEY = "tg-demo"
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from extproc.server import build_runtime, serve
+
+    settings = serve_settings(args)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runtime = build_runtime(settings)
+    asyncio.run(serve(settings, runtime))
+    return 0
+
+
+def _cmd_mock_provider(args: argparse.Namespace) -> int:
+    from extproc.mock_provider import run
+    from extproc.tokens import use_vocab_dir
+
+    use_vocab_dir(Path(args.vocab_dir))
+    run(
+        host=args.host,
+        port=args.port,
+        port_file=Path(args.port_file) if args.port_file else None,
+        require_key=args.require_key or None,
+    )
+    return 0
+
+
+def _cmd_fetch_vocab(args: argparse.Namespace) -> int:
+    from extproc._vocab import fetch
+
+    written = fetch(Path(args.dest))
+    status = f"fetched {', '.join(written)}" if written else "already present"
+    sys.stdout.write(f"tiktoken vocab in {args.dest}: {status}\n")
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from extproc.devstack import LocalStack
+
+    run_dir = Path(tempfile.mkdtemp(prefix="tokengate-dev-"))
+    stack = LocalStack(
+        policy_dir=Path(args.policy_dir),
+        run_dir=run_dir,
+        vocab_dir=Path(args.vocab_dir),
+        listen_port=args.port,
+        admin_port=args.admin_port,
+        ext_proc_port=args.ext_proc_port,
+        metrics_port=args.metrics_port,
+        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+    )
+    stack.start()
+    upstream = "api.openai.com" if stack.openai_api_key else "the built-in mock provider"
+    sys.stdout.write(
+        _WELCOME.format(
+            url=stack.base_url, key=DEMO_KEY, upstream=upstream, logs=run_dir, **stack.ports
+        )
+    )
+    sys.stdout.flush()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+_WELCOME = """
+tokengate is up. Envoy listens on {url} and forwards to {upstream}.
+  Envoy admin      http://127.0.0.1:{admin}
+  ext_proc         127.0.0.1:{ext_proc}
+  metrics          http://127.0.0.1:{metrics}/metrics
+  logs             {logs}
+
+Try it (the demo gateway key is {key}):
+
+  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="{key}"); \\
+print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role":"user","content":"Hi"}}]))'
+
+Ctrl-C stops everything.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokengate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the ext_proc sidecar")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_cmd_serve)
+    mock = sub.add_parser("mock-provider", help="run the mock LLM provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8000)
+    mock.add_argument("--port-file", default="")
+    mock.add_argument("--require-key", default="", help="answer 401 unless this key is sent")
+    mock.add_argument(
+        "--vocab-dir", default=os.environ.get("TOKENGATE_VOCAB_DIR", ".cache/tiktoken")
+    )
+    mock.set_defaults(func=_cmd_mock_provider)
+    dev = sub.add_parser("dev", help="run mock provider + sidecar + Envoy in the foreground")
+    dev.add_argument("--policy-dir", default="examples/policies")
+    dev.add_argument("--vocab-dir", default=".cache/tiktoken")
+    dev.add_argument("--port", type=int, default=10000)
+    dev.add_argument("--admin-port", type=int, default=9901)
+    dev.add_argument("--ext-proc-port", type=int, default=50051)
+    dev.add_argument("--metrics-port", type=int, default=9464)
+    dev.set_defaults(func=_cmd_dev)
+    vocab = sub.add_parser("fetch-vocab", help="provision tiktoken vocab files")
+    vocab.add_argument("--dest", default=".cache/tiktoken")
+    vocab.set_defaults(func=_cmd_fetch_vocab)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"tokengate: {exc}\n")
+        return 2
+    return code

@@ -1,0 +1,39 @@
+"""The route table: which paths are governed, by which request parser and provider schema.
+
+This is the *endpoint* axis (how a request is parsed); the provider module is the other axis
+(how usage is read and errors are written). Paths not listed here pass through with
+request-count limits only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.providers import ParsedRequest, Provider
+from extproc.providers import openai as _openai
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str  # metrics label
+    provider: Provider
+    parse: Callable[[dict[str, Any]], ParsedRequest]
+    upstream: str  # Envoy cluster the request is routed to
+
+
+ROUTES: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint(
+        "chat.completions", _openai.PROVIDER, _openai.parse_chat_request, "openai"
+    ),
+}
+
+# Unknown paths are answered in this schema when they must be refused.
+DEFAULT_PROVIDER: Provider = _openai.PROVIDER
+DEFAULT_UPSTREAM = "openai"
+
+
+def match(path: str) -> Endpoint | None:
+    """The endpoint governing `path` (query string ignored), or None to pass through."""
+    return ROUTES.get(path.partition("?")[0].rstrip("/") or "/")

@@ -1,0 +1,123 @@
+"""The error tree.
+
+Everything tokengate raises on purpose derives from `TokengateError`. Lower-level exceptions
+(json, yaml, redis, grpc, OS) are translated at the module boundary that sees them
+(`raise ... from exc`), so callers only ever handle the classes below.
+
+    TokengateError
+    ├── ClientError            an answer the caller sees, rendered in the provider's format
+    │   ├── BadRequest           400  malformed JSON, bad field, nesting too deep
+    │   ├── Unauthenticated      401  no gateway key, unknown key
+    │   ├── PermissionDenied     403  model not allowed, namespace without policy
+    │   ├── PayloadTooLarge      413  body over the configured limit
+    │   ├── RateLimited          429  a limit refused the request (names it, says when to retry)
+    │   ├── InternalFailure      500  a bug in tokengate: generic text, details only in the log
+    │   └── Unavailable          503  a dependency is down and the policy fails closed
+    ├── ConfigError            bad settings or a bad policy file: stops start-up, never a request
+    │   └── PolicyError          names the file, the document and the field
+    └── QuotaStoreError        the quota store could not be reached or answered nonsense
+
+Client-facing messages never carry stack traces, credentials or internal addresses.
+"""
+
+from __future__ import annotations
+
+
+class TokengateError(Exception):
+    """Base of every error tokengate raises on purpose."""
+
+
+class ClientError(TokengateError):
+    """An error the caller must see, rendered in the provider's own error format."""
+
+    status: int = 400
+    error_type: str = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error carries (e.g. Retry-After)."""
+        return {}
+
+
+class BadRequest(ClientError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class Unauthenticated(ClientError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ClientError):
+    """A limit refused the request. `limit` is the policy limit's name, `retry_after` seconds."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, int(-(-self.retry_after // 1))))}
+
+
+class InternalFailure(ClientError):
+    status = 500
+    error_type = "api_error"
+    code = "internal_error"
+
+
+class Unavailable(ClientError):
+    """A dependency (quota store, policy) is unavailable and the policy says fail closed."""
+
+    status = 503
+    error_type = "api_error"
+    code = "gateway_unavailable"
+
+
+class ConfigError(TokengateError):
+    """Settings or configuration files are unusable; raised at start-up or reload."""
+
+
+class PolicyError(ConfigError):
+    """A policy document is invalid. The message names file, document index and field."""
+
+    def __init__(self, *, file: str, document: int | None, field: str | None, problem: str):
+        where = file
+        if document is not None:
+            where += f" (document {document})"
+        if field:
+            where += f": {field}"
+        super().__init__(f"{where}: {problem}")
+        self.file = file
+        self.document = document
+        self.field = field
+        self.problem = problem
+
+
+class QuotaStoreError(TokengateError):
+    """The quota store failed; the caller's policy decides whether to fail open or closed."""

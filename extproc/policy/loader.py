@@ -1,0 +1,216 @@
+"""Load policy documents from text and from a directory (a mounted ConfigMap) into a
+`PolicySnapshot`.
+
+A ConfigMap volume is not a plain directory: the kubelet writes each version into a hidden
+`..<timestamp>` directory, points the `..data` symlink at it atomically, and exposes every key
+as a symlink through `..data`. So we read only the visible names, follow symlinks, and hash
+what we read, which makes the snapshot version change exactly when the content does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+import yaml
+
+from extproc.errors import ConfigError, PolicyError
+from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy
+from extproc.policy.validate import validate_document
+
+MAX_FILE_BYTES = 1 << 20
+SUFFIXES = (".yaml", ".yml", ".json")
+
+Document = QuotaPolicy | ApiKey
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """Safe loading, but a key repeated in one mapping is an error: YAML would otherwise keep
+    the last value silently, and `limits:` written twice would drop a whole list of quotas."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=False)
+            if not isinstance(key, str | int | float | bool):
+                continue  # not a field name; validation rejects it with a clearer message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Located:
+    """A validated object and where it came from, for cross-document error messages."""
+
+    obj: Document
+    file: str
+    document: int
+
+
+def parse_documents(text: str, *, file: str, allow_usd: bool = False) -> list[Document]:
+    """Parse and validate every document of one file; `file` names it in errors and becomes
+    each object's `source`. Empty documents (a stray `---`) are skipped."""
+    return [located.obj for located in _parse(text, file=file, allow_usd=allow_usd)]
+
+
+def load_directory(
+    path: Path, *, allow_usd: bool = False, now: Callable[[], float] = time.time
+) -> PolicySnapshot:
+    """Build a snapshot from every policy file directly in `path`. Any problem raises, so a
+    reload that fails keeps the previous snapshot in service rather than a partial one."""
+    located: list[_Located] = []
+    contents: list[tuple[str, bytes]] = []
+    for name, file_path in _policy_files(path):
+        raw = _read(file_path, name)
+        contents.append((name, raw))
+        located.extend(_parse(_decode(raw, name), file=name, allow_usd=allow_usd))
+    policies, keys = _index(located)
+    return PolicySnapshot(
+        policies=MappingProxyType(policies),
+        keys_by_sha256=MappingProxyType(keys),
+        version=_version(contents),
+        loaded_at=now(),
+        sources=tuple(name for name, _ in contents),
+    )
+
+
+def _parse(text: str, *, file: str, allow_usd: bool) -> list[_Located]:
+    """Document indexes count empty documents too, so they match the `---` a reader counts."""
+    out: list[_Located] = []
+    try:
+        for index, data in enumerate(yaml.load_all(text, Loader=_StrictLoader), start=1):
+            if data is None:
+                continue
+            obj = validate_document(data, file=file, document=index, allow_usd=allow_usd)
+            out.append(_Located(obj=obj, file=file, document=index))
+    except yaml.YAMLError as exc:
+        raise PolicyError(file=file, document=None, field=None, problem=_yaml_problem(exc)) from exc
+    return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Say where (1-based line and column) and what, without PyYAML's multi-line layout."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return f"invalid YAML: {exc}"
+    context = getattr(exc, "context", None)
+    what = f"{problem} ({context})" if context else problem
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+def _policy_files(path: Path) -> list[tuple[str, Path]]:
+    """Visible *.yaml/*.yml/*.json regular files (after following symlinks), sorted by name.
+    Names starting with '.' are the kubelet's `..data` and `..<timestamp>` machinery."""
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"policy directory {path} does not exist") from exc
+    except NotADirectoryError as exc:
+        raise ConfigError(f"policy directory {path} is not a directory") from exc
+    except OSError as exc:
+        raise ConfigError(f"policy directory {path} cannot be read: {exc.strerror}") from exc
+    found: list[tuple[str, Path]] = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
+            continue
+        if entry.is_file():
+            found.append((entry.name, Path(entry.path)))
+        elif entry.is_symlink() and not os.path.exists(entry.path):
+            raise PolicyError(
+                file=entry.name, document=None, field=None, problem="is a dangling symlink"
+            )
+    return sorted(found)
+
+
+def _read(file_path: Path, name: str) -> bytes:
+    """Read at most one byte past the limit, so a huge file costs no more than the limit."""
+    try:
+        with file_path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(
+            file=name, document=None, field=None, problem=f"cannot be read: {exc.strerror}"
+        ) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise PolicyError(
+            file=name,
+            document=None,
+            field=None,
+            problem=f"is larger than 1 MiB ({MAX_FILE_BYTES} bytes); split it into several files",
+        )
+    return raw
+
+
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            file=name,
+            document=None,
+            field=None,
+            problem=f"is not valid UTF-8 (byte offset {exc.start})",
+        ) from exc
+
+
+def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, ApiKey]]:
+    """Cross-document checks; the error names the later of the two clashing documents."""
+    seen_names: dict[tuple[str, str, str], _Located] = {}
+    seen_namespaces: dict[str, _Located] = {}
+    seen_hashes: dict[str, _Located] = {}
+    policies: dict[str, QuotaPolicy] = {}
+    keys: dict[str, ApiKey] = {}
+    for item in located:
+        obj = item.obj
+        kind = type(obj).__name__
+        ident = (kind, obj.namespace, obj.name)
+        if ident in seen_names:
+            _clash(item, "metadata.name", f"{kind} {obj.namespace}/{obj.name}", seen_names[ident])
+        seen_names[ident] = item
+        if isinstance(obj, QuotaPolicy):
+            if obj.namespace in seen_namespaces:
+                what = f"a QuotaPolicy for namespace {obj.namespace!r}"
+                _clash(item, "metadata.namespace", what, seen_namespaces[obj.namespace])
+            seen_namespaces[obj.namespace] = item
+            policies[obj.namespace] = obj
+        else:
+            if obj.sha256 in seen_hashes:
+                _clash(item, "spec.sha256", "an ApiKey with this sha256", seen_hashes[obj.sha256])
+            seen_hashes[obj.sha256] = item
+            keys[obj.sha256] = obj
+    return policies, keys
+
+
+def _clash(item: _Located, field: str, what: str, first: _Located) -> NoReturn:
+    problem = (
+        f"{what} is already defined as {first.obj.namespace}/{first.obj.name} "
+        f"in {first.file} (document {first.document})"
+    )
+    raise PolicyError(file=item.file, document=item.document, field=field, problem=problem)
+
+
+def _version(contents: list[tuple[str, bytes]]) -> str:
+    """Length-prefixed so that no two different file sets can hash the same byte stream."""
+    digest = hashlib.sha256()
+    for name, raw in sorted(contents):
+        encoded = name.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        digest.update(len(raw).to_bytes(8, "big") + raw)
+    return digest.hexdigest()[:16]

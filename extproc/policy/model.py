@@ -1,0 +1,87 @@
+"""Typed policy model. Instances are immutable: a reload builds a new `PolicySnapshot`.
+
+Documents are Kubernetes-style YAML (see README "Writing quotas"); `loader` turns them into
+these classes and `validate` guarantees every invariant documented here, so the data path
+never re-checks them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Measure(StrEnum):
+    """What a limit counts. `usd` amounts are stored as micro-dollars (integers)."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+    USD = "usd"
+    CONCURRENT = "concurrent"
+
+
+class Priority(StrEnum):
+    INTERACTIVE = "interactive"
+    STANDARD = "standard"
+    BATCH = "batch"
+    BACKGROUND = "background"
+
+
+class FailMode(StrEnum):
+    """What happens to a request when the quota store cannot be reached."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit. `period_s` is None exactly when `measure` is CONCURRENT."""
+
+    name: str
+    measure: Measure
+    amount: int
+    period_s: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPolicy:
+    """The quota of one namespace (`metadata.namespace`)."""
+
+    name: str
+    namespace: str
+    limits: tuple[Limit, ...]
+    model_patterns: tuple[str, ...] = ("*",)
+    priority: Priority = Priority.STANDARD
+    fail_mode: FailMode = FailMode.CLOSED
+    # Completion tokens reserved when a request names no max_tokens.
+    default_max_tokens: int = 1024
+    source: str = ""
+
+    def allows_model(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, p) for p in self.model_patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A gateway key, stored only as the hex sha256 of the key; `limits` layer under the
+    namespace's own."""
+
+    name: str
+    namespace: str
+    sha256: str
+    limits: tuple[Limit, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    """Everything the data path needs to decide, swapped whole on reload."""
+
+    policies: Mapping[str, QuotaPolicy]  # by namespace
+    keys_by_sha256: Mapping[str, ApiKey]
+    version: str  # sha256 over the source files' content, first 16 hex digits
+    loaded_at: float  # unix time
+    sources: tuple[str, ...] = field(default=())

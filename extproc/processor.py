@@ -1,0 +1,217 @@
+"""One `Processor` per ext_proc stream (= one HTTP request): one method per phase, the
+request's state on the object. It makes decisions; the backend and counter do the I/O; the
+replies are built by `mutations`.
+
+Phases, as Envoy sends them (only those a request needs, via `mode_override`):
+request headers -> request body -> response headers -> response body -> (stream end).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc import endpoints, mutations
+from extproc._json import decode_object
+from extproc.credentials import CLIENT_CREDENTIAL_HEADERS
+from extproc.errors import (
+    ClientError,
+    InternalFailure,
+    PayloadTooLarge,
+    PermissionDenied,
+    Unavailable,
+)
+from extproc.identity import Caller, identify
+from extproc.policy.model import QuotaPolicy
+from extproc.providers import ParsedRequest, Provider
+from extproc.quota import Cost, Reservation, limits_for, ratelimit_headers, refusal_error
+from extproc.quota.windows import ScopedLimit
+from extproc.runtime import Runtime
+from extproc.tokens import OFFLOAD_CHARS, encoding_name_for
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_HEADER = "x-tokengate-upstream"
+
+
+def header_map(headers: ep.HttpHeaders) -> dict[str, str]:
+    return {
+        h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
+        for h in headers.headers.headers
+    }
+
+
+class Processor:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._provider: Provider = endpoints.DEFAULT_PROVIDER
+        self._endpoint: endpoints.Endpoint | None = None
+        self._caller: Caller | None = None
+        self._policy: QuotaPolicy | None = None
+        self._limits: tuple[ScopedLimit, ...] = ()
+        self._model = "-"
+        self._prompt_tokens = 0
+        self._reservation: Reservation | None = None
+        self._headers: dict[str, str] = {}
+        self.outcome = "incomplete"
+
+    # -- phases ------------------------------------------------------------------------
+
+    async def on_request_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
+        headers = header_map(msg)
+        self._endpoint = endpoints.match(headers.get(":path", "/"))
+        if self._endpoint is not None and headers.get(":method") != "POST":
+            self._endpoint = None  # e.g. GET /v1/chat/completions lists stored completions
+        if self._endpoint is not None:
+            self._provider = self._endpoint.provider
+        try:
+            self._admit_caller(headers)
+            if self._endpoint is None:
+                await self._reserve(Cost(requests=1))
+            else:
+                self._check_declared_length(headers)
+        except ClientError as error:
+            return self._refuse(error)
+        upstream = self._endpoint.upstream if self._endpoint else endpoints.DEFAULT_UPSTREAM
+        secret = self._rt.credentials.get(upstream)
+        if secret is None:
+            return self._refuse(Unavailable(f"no provider credential configured for {upstream}"))
+        name = self._provider.credential_header
+        return mutations.request_headers_reply(
+            set_headers={
+                name: self._provider.credential_value(secret.reveal()),
+                UPSTREAM_HEADER: upstream,
+            },
+            remove=[h for h in CLIENT_CREDENTIAL_HEADERS if h != name],
+            mode=mutations.GOVERNED_MODE if self._endpoint else mutations.PASSTHROUGH_MODE,
+            clear_route_cache=True,
+        )
+
+    def needs_more_time(self, msg: ep.HttpBody) -> bool:
+        """A body this large is counted off-thread; ask Envoy to wait longer for it."""
+        return len(msg.body) > OFFLOAD_CHARS
+
+    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        assert self._endpoint is not None and self._policy is not None
+        try:
+            if not msg.end_of_stream or len(msg.body) > self._rt.limits.max_body_bytes:
+                raise self._too_large(len(msg.body))
+            parsed = self._endpoint.parse(decode_object(msg.body))
+            self._model = parsed.model
+            if not self._policy.allows_model(parsed.model):
+                raise PermissionDenied(
+                    f"Model '{parsed.model}' is not allowed for namespace "
+                    f"'{self._policy.namespace}'.",
+                )
+            self._prompt_tokens = await self._count_prompt(parsed)
+            expected = parsed.max_output_tokens or self._policy.default_max_tokens
+            await self._reserve(Cost(requests=1, tokens=self._prompt_tokens + expected))
+        except ClientError as error:
+            return self._refuse(error)
+        return mutations.REQUEST_BODY_CONTINUE
+
+    async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
+        status = header_map(msg).get(":status", "0")
+        mode = None
+        if not status.startswith("2"):
+            self.outcome = "upstream_error"
+            if self._reservation is not None:
+                await self._rt.backend.release(self._reservation)
+                self._reservation = None
+            mode = mutations.SKIP_RESPONSE_BODY_MODE
+        elif self._endpoint is None:
+            self.outcome = "passthrough"
+        return mutations.response_headers_reply(set_headers=self._headers, mode=mode)
+
+    async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        if self._reservation is not None and msg.end_of_stream:
+            await self._settle_from_body(msg.body)
+        return mutations.RESPONSE_BODY_CONTINUE
+
+    async def finish(self) -> None:
+        """The stream is over (answered, refused, or the client went away): settle exactly
+        once. Without provider usage we charge the reservation: the upstream may have
+        billed a full answer, and over-charging an estimate beats losing usage."""
+        if self._reservation is not None:
+            reservation, self._reservation = self._reservation, None
+            await self._rt.backend.settle(reservation, reservation.cost)
+        namespace = self._caller.namespace if self._caller else "-"
+        self._rt.metrics.requests.labels(
+            namespace, self._rt.metrics.model_label(self._model), self.outcome
+        ).inc()
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _admit_caller(self, headers: Mapping[str, str]) -> None:
+        snapshot = self._rt.policies.current
+        self._caller = identify(
+            snapshot, authorization=headers.get("authorization"), x_api_key=headers.get("x-api-key")
+        )
+        self._policy = snapshot.policies.get(self._caller.namespace)
+        if self._policy is None:
+            raise PermissionDenied(
+                f"No QuotaPolicy governs namespace '{self._caller.namespace}'.", code="no_policy"
+            )
+        self._limits = limits_for(self._policy, self._caller.key)
+
+    def _check_declared_length(self, headers: Mapping[str, str]) -> None:
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._rt.limits.max_body_bytes:
+            raise self._too_large(int(declared))
+
+    def _too_large(self, size: int) -> PayloadTooLarge:
+        limit = self._rt.limits.max_body_bytes
+        return PayloadTooLarge(f"Request body of {size} bytes exceeds the limit of {limit} bytes.")
+
+    async def _count_prompt(self, parsed: ParsedRequest) -> int:
+        encoding = encoding_name_for(parsed.model)
+        counted = await self._rt.counter.count_texts(parsed.prompt_texts, encoding)
+        return parsed.framing_tokens + counted
+
+    async def _reserve(self, cost: Cost) -> None:
+        decision = await self._rt.backend.reserve(self._rt.next_request_id(), self._limits, cost)
+        self._headers = ratelimit_headers(decision.states)
+        if decision.refusal is not None:
+            assert self._caller is not None
+            self._rt.metrics.refusals.labels(
+                self._caller.namespace, decision.refusal.scoped.limit.name
+            ).inc()
+            raise refusal_error(decision.refusal)
+        self._reservation = decision.reservation
+
+    async def _settle_from_body(self, body: bytes) -> None:
+        assert self._reservation is not None
+        reservation, self._reservation = self._reservation, None
+        usage = self._provider.parse_usage(_loads_or_empty(body))
+        actual = reservation.cost if usage is None else Cost(requests=1, tokens=usage.total)
+        await self._rt.backend.settle(reservation, actual)
+        self.outcome = "ok"
+        if usage is not None and self._caller is not None:
+            model = self._rt.metrics.model_label(self._model)
+            tokens = self._rt.metrics.tokens
+            tokens.labels(self._caller.namespace, model, "prompt").inc(usage.prompt_tokens)
+            tokens.labels(self._caller.namespace, model, "completion").inc(usage.completion_tokens)
+
+    def _refuse(self, error: ClientError) -> ep.ProcessingResponse:
+        self.outcome = type(error).__name__
+        return mutations.immediate_reply(
+            status=error.status,
+            body=self._provider.error_body(error),
+            headers={**self._headers, **error.headers()},
+            details=f"tokengate_{self.outcome}",
+        )
+
+    def internal_error(self, exc: Exception) -> ep.ProcessingResponse:
+        """Last resort for a bug: a generic 500 in the provider's format, no internals."""
+        log.error("internal error while processing a request", exc_info=exc)
+        return self._refuse(InternalFailure("The gateway failed to process this request."))
+
+
+def _loads_or_empty(body: bytes) -> dict[str, Any]:
+    try:
+        return decode_object(body)
+    except ClientError:
+        return {}

@@ -1,0 +1,66 @@
+"""From policy to counters and back: which limits apply to a caller, what a refusal says,
+and the `x-ratelimit-*` headers a response carries. Pure code, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from extproc.errors import RateLimited
+from extproc.policy.model import ApiKey, Measure, QuotaPolicy
+from extproc.quota.backend import LimitState, Refusal
+from extproc.quota.windows import Scope, ScopedLimit, describe_period, format_duration
+
+
+def limits_for(policy: QuotaPolicy, key: ApiKey | None) -> tuple[ScopedLimit, ...]:
+    """The namespace's limits, then the key's own limits layered under them."""
+    ns_scope = Scope(policy.namespace)
+    limits = [ScopedLimit(ns_scope, limit) for limit in policy.limits]
+    if key is not None:
+        key_scope = Scope(policy.namespace, key.name)
+        limits.extend(ScopedLimit(key_scope, limit) for limit in key.limits)
+    return tuple(limits)
+
+
+def refusal_error(refusal: Refusal) -> RateLimited:
+    scoped = refusal.scoped
+    limit = scoped.limit
+    unit = "concurrent requests" if limit.measure is Measure.CONCURRENT else limit.measure.value
+    per = "" if limit.period_s is None else f" per {describe_period(limit.period_s)}"
+    who = scoped.scope.label
+    if refusal.never_fits:
+        message = (
+            f"Request too large for limit '{limit.name}' of {who}: it needs {refusal.needed} "
+            f"{unit} but the limit is {limit.amount}{per}. Lower max_tokens or the prompt."
+        )
+    else:
+        message = (
+            f"Rate limit reached for limit '{limit.name}' of {who}: limit {limit.amount} "
+            f"{unit}{per}, used {refusal.used}, requested {refusal.needed}. "
+            f"Please try again in {format_duration(refusal.retry_after)}."
+        )
+    return RateLimited(message, limit=limit.name, retry_after=refusal.retry_after)
+
+
+def _tightest(states: Iterable[LimitState], measure: Measure) -> LimitState | None:
+    best: LimitState | None = None
+    for state in states:
+        if state.scoped.limit.measure is measure and (
+            best is None or state.remaining < best.remaining
+        ):
+            best = state
+    return best
+
+
+def ratelimit_headers(states: Iterable[LimitState]) -> dict[str, str]:
+    """OpenAI-style headers for the tightest request and token limits (when the caller has
+    such limits at all)."""
+    states = tuple(states)
+    headers: dict[str, str] = {}
+    for measure, suffix in ((Measure.REQUESTS, "requests"), (Measure.TOKENS, "tokens")):
+        state = _tightest(states, measure)
+        if state is None:
+            continue
+        headers[f"x-ratelimit-limit-{suffix}"] = str(state.scoped.limit.amount)
+        headers[f"x-ratelimit-remaining-{suffix}"] = str(state.remaining)
+        headers[f"x-ratelimit-reset-{suffix}"] = format_duration(state.reset_after)
+    return headers

@@ -1,0 +1,168 @@
+"""Wiring and process model of `tokengate serve`: the ext_proc service, gRPC health,
+Prometheus, and a graceful shutdown that settles every open request before exiting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc import aio as grpc_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from extproc import mutations, tokens
+from extproc.credentials import Secret
+from extproc.errors import ConfigError
+from extproc.metrics import Metrics
+from extproc.policy import load_directory
+from extproc.processor import Processor
+from extproc.quota import MemoryBackend
+from extproc.runtime import Limits, Runtime, SnapshotHolder
+from extproc.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+_Handler = Callable[[Processor, Any], Awaitable[ep.ProcessingResponse]]
+_PHASES: dict[str, _Handler] = {
+    "request_headers": Processor.on_request_headers,
+    "request_body": Processor.on_request_body,
+    "response_headers": Processor.on_response_headers,
+    "response_body": Processor.on_response_body,
+}
+_TRAILERS = {
+    "request_trailers": ep.ProcessingResponse(request_trailers=ep.TrailersResponse()),
+    "response_trailers": ep.ProcessingResponse(response_trailers=ep.TrailersResponse()),
+}
+
+
+class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """One `Processor` per stream; settlement is handed to a task the shutdown waits for,
+    so a client that disconnects mid-request still has its usage settled."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._phase_seconds = {p: runtime.metrics.phase_seconds.labels(p) for p in _PHASES}
+        self.settling: set[asyncio.Task[None]] = set()
+
+    async def Process(
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        processor = Processor(self._rt)
+        self._rt.metrics.streams_open.inc()
+        try:
+            async for request in request_iterator:
+                phase = request.WhichOneof("request")
+                handler = _PHASES.get(phase)
+                if handler is None:
+                    if phase in _TRAILERS:
+                        yield _TRAILERS[phase]
+                    continue
+                message = getattr(request, phase)
+                if phase == "request_body" and processor.needs_more_time(message):
+                    yield mutations.extend_timeout_reply(self._rt.limits.slow_count_timeout_s)
+                started = time.perf_counter()
+                try:
+                    reply = await handler(processor, message)
+                except Exception as exc:  # noqa: BLE001 - a bug must still answer the client
+                    reply = processor.internal_error(exc)
+                self._phase_seconds[phase].observe(time.perf_counter() - started)
+                yield reply
+        finally:
+            self._rt.metrics.streams_open.dec()
+            task = asyncio.get_running_loop().create_task(processor.finish())
+            self.settling.add(task)
+            task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self.settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settling a request failed", exc_info=task.exception())
+
+
+def build_runtime(settings: ServeSettings) -> Runtime:
+    tokens.use_vocab_dir(settings.vocab_dir)
+    snapshot = load_directory(settings.policy_dir)
+    credentials: dict[str, Secret] = {}
+    for upstream, source in settings.credentials.items():
+        secret = source.load()
+        if secret is not None:
+            credentials[upstream] = secret
+    counter = tokens.TokenCounter(threads=settings.tokenizer_threads)
+    counter.warm_up()
+    metrics = Metrics()
+    metrics.policy_version.labels(snapshot.version).set(1)
+    return Runtime(
+        policies=SnapshotHolder(snapshot),
+        backend=MemoryBackend(),
+        counter=counter,
+        credentials=credentials,
+        metrics=metrics,
+        limits=Limits(max_body_bytes=settings.max_body_bytes),
+    )
+
+
+async def serve(settings: ServeSettings, runtime: Runtime) -> None:
+    # A partially buffered body can overshoot Envoy's buffer limit by what one read brought in;
+    # accept it so that we, not gRPC, answer with a proper 413.
+    max_message = settings.max_body_bytes * 4 + (1 << 20)
+    server = grpc_aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message)]
+    )
+    service = ExternalProcessor(runtime)
+    ep_grpc.add_ExternalProcessorServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs lag
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(str(settings.ext_proc))
+    if port == 0:
+        raise ConfigError(f"cannot listen on {settings.ext_proc}")
+    metrics_port = None
+    if settings.metrics is not None:
+        httpd, _ = start_http_server(
+            settings.metrics.port, settings.metrics.host, registry=runtime.metrics.registry
+        )
+        metrics_port = httpd.server_port
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    _announce(settings, port, metrics_port, runtime)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0fs", settings.grace_s)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_s)
+    if service.settling:
+        await asyncio.wait(service.settling, timeout=settings.grace_s)
+    await runtime.backend.aclose()
+    runtime.counter.close()
+
+
+def _announce(settings: ServeSettings, port: int, metrics_port: int | None, rt: Runtime) -> None:
+    ready = {"ext_proc": port, "metrics": metrics_port}
+    snapshot = rt.policies.current
+    log.info(
+        "serving ext_proc on %s:%d, metrics on %s; policy %s (%d namespaces, %d keys); "
+        "credentials for %s",
+        settings.ext_proc.host,
+        port,
+        metrics_port,
+        snapshot.version,
+        len(snapshot.policies),
+        len(snapshot.keys_by_sha256),
+        ", ".join(sorted(rt.credentials)) or "no upstream",
+    )
+    if settings.ready_file is not None:
+        tmp = settings.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ready))
+        tmp.replace(settings.ready_file)
+    sys.stdout.write(f"tokengate ready {json.dumps(ready)}\n")
+    sys.stdout.flush()

@@ -1,0 +1,113 @@
+"""Typed settings for `tokengate serve`, in one place. Flags win over environment variables
+(`TOKENGATE_*`); every default is the local-development value from DESIGN.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from extproc.credentials import CredentialSource
+from extproc.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, what: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeSettings:
+    ext_proc: Address = Address("127.0.0.1", 50051)
+    metrics: Address | None = Address("127.0.0.1", 9464)
+    policy_dir: Path = Path("examples/policies")
+    vocab_dir: Path = Path(".cache/tiktoken")
+    quota_store: str = "memory"
+    workers: int = 1
+    max_body_bytes: int = 4 * 1024 * 1024
+    grace_s: float = 10.0
+    tokenizer_threads: int = 2
+    # Envoy cluster name -> where its provider key comes from.
+    credentials: dict[str, CredentialSource] = field(default_factory=dict)
+    ready_file: Path | None = None
+    log_level: str = "INFO"
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.workers > 1 and self.quota_store == "memory":
+            raise ConfigError(
+                "--workers > 1 needs a shared quota store: the in-process store would give "
+                "every worker its own budget. Set --quota-store redis://… or use --workers 1."
+            )
+        if self.quota_store != "memory":
+            raise ConfigError(f"unsupported --quota-store {self.quota_store!r} (use 'memory')")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("--max-body-bytes must be at least 1024")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TOKENGATE_{name}", default)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default=_env("LISTEN", "127.0.0.1:50051"),
+        help="ext_proc gRPC address (TOKENGATE_LISTEN)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=_env("METRICS_LISTEN", "127.0.0.1:9464"),
+        help="Prometheus /metrics address, 'off' to disable",
+    )
+    parser.add_argument("--policy-dir", default=_env("POLICY_DIR", "examples/policies"))
+    parser.add_argument("--vocab-dir", default=_env("VOCAB_DIR", ".cache/tiktoken"))
+    parser.add_argument("--quota-store", default=_env("QUOTA_STORE", "memory"))
+    parser.add_argument("--workers", type=int, default=int(_env("WORKERS", "1")))
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", str(4 * 1024 * 1024)))
+    )
+    parser.add_argument(
+        "--openai-api-key-file",
+        default=_env("OPENAI_API_KEY_FILE", ""),
+        help="file holding the OpenAI key (a mounted Secret); "
+        "else the OPENAI_API_KEY environment variable",
+    )
+    parser.add_argument(
+        "--ready-file", default="", help="write the bound ports here as JSON once serving"
+    )
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+
+
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    metrics = None
+    if args.metrics_listen != "off":
+        metrics = Address.parse(args.metrics_listen, what="--metrics-listen")
+    openai_file = Path(args.openai_api_key_file) if args.openai_api_key_file else None
+    settings = ServeSettings(
+        ext_proc=Address.parse(args.listen, what="--listen"),
+        metrics=metrics,
+        policy_dir=Path(args.policy_dir),
+        vocab_dir=Path(args.vocab_dir),
+        quota_store=args.quota_store,
+        workers=args.workers,
+        max_body_bytes=args.max_body_bytes,
+        credentials={"openai": CredentialSource(env_var="OPENAI_API_KEY", file=openai_file)},
+        ready_file=Path(args.ready_file) if args.ready_file else None,
+        log_level=args.log_level.upper(),
+    )
+    settings.validate()
+    return settings
