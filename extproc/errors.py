@@ -32,6 +32,7 @@ class ClientError(TokengateError):
 
     status: int = 400
     error_type: str = "invalid_request_error"
+    outcome: str = "client_error"  # the `outcome` label of tokengate_requests_total
     code: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
@@ -47,23 +48,27 @@ class ClientError(TokengateError):
 
 
 class BadRequest(ClientError):
+    outcome = "bad_request"
     status = 400
     error_type = "invalid_request_error"
 
 
 class Unauthenticated(ClientError):
+    outcome = "unauthenticated"
     status = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
 
 
 class PermissionDenied(ClientError):
+    outcome = "forbidden"
     status = 403
     error_type = "permission_error"
     code = "model_not_allowed"
 
 
 class PayloadTooLarge(ClientError):
+    outcome = "too_large"
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
@@ -72,6 +77,7 @@ class PayloadTooLarge(ClientError):
 class RateLimited(ClientError):
     """A limit refused the request. `limit` is the policy limit's name, `retry_after` seconds."""
 
+    outcome = "rate_limited"
     status = 429
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
@@ -86,6 +92,7 @@ class RateLimited(ClientError):
 
 
 class InternalFailure(ClientError):
+    outcome = "internal_error"
     status = 500
     error_type = "api_error"
     code = "internal_error"
@@ -94,6 +101,7 @@ class InternalFailure(ClientError):
 class Unavailable(ClientError):
     """A dependency (quota store, policy) is unavailable and the policy says fail closed."""
 
+    outcome = "unavailable"
     status = 503
     error_type = "api_error"
     code = "gateway_unavailable"

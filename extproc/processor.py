@@ -196,7 +196,7 @@ class Processor:
             tokens.labels(self._caller.namespace, model, "completion").inc(usage.completion_tokens)
 
     def _refuse(self, error: ClientError) -> ep.ProcessingResponse:
-        self.outcome = type(error).__name__
+        self.outcome = error.outcome
         return mutations.immediate_reply(
             status=error.status,
             body=self._provider.error_body(error),

@@ -55,6 +55,7 @@ class Router:
         self._stats.requests += 1
         dialect = _DIALECTS.get(request.path)
         if dialect is None:
+            self._recorder.record(request, None)  # pass-through traffic is recorded too
             error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
             return _error(_OPENAI, error, DEFAULT)
         if request.method != "POST":

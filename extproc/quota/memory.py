@@ -64,7 +64,8 @@ class MemoryBackend(QuotaBackend):
         after = []
         for scoped, window, current in zip(limits, windows, used, strict=True):
             need = need_of(scoped, cost)
-            self._add(scoped, window, need)
+            if need:
+                self._add(scoped, window, need)
             after.append(current + need)
         reservation = Reservation(request_id, tuple(limits), windows, cost)
         self._open[request_id] = reservation

@@ -1,0 +1,72 @@
+"""Helpers for e2e tests: SDK clients, the mock provider's records, sidecar metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.request
+from typing import Any
+
+import openai
+
+from extproc.devstack import LocalStack
+
+
+def client(stack: LocalStack, key: str, tag: str, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{stack.base_url}/v1",
+        api_key=key,
+        max_retries=0,
+        timeout=60,
+        default_headers={"x-request-tag": tag, **headers},
+    )
+
+
+def mock_records(stack: LocalStack, tag: str) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{stack.ports['mock']}/_mock/requests?tag={tag}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        records: list[dict[str, Any]] = json.loads(response.read())
+    return records
+
+
+def metric_value(stack: LocalStack, name: str, **labels: str) -> float:
+    """Current value of one sample on the sidecar's /metrics (0 when absent)."""
+    url = f"http://127.0.0.1:{stack.ports['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            sample, _, value = line.rpartition(" ")
+            got = ",".join(sorted(sample[len(name) + 1 : -1].split(",")))
+            if got == want:
+                return float(value)
+    return 0.0
+
+
+def raw_post(
+    stack: LocalStack,
+    body: bytes,
+    *,
+    key: str = "tg-e2e",
+    path: str = "/v1/chat/completions",
+    chunked: bool = False,
+    tag: str = "",
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST `body` as-is (no SDK validation in the way); returns status, JSON body, headers."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["envoy"], timeout=60)
+    headers = {
+        "authorization": f"Bearer {key}",
+        "content-type": "application/json",
+        "x-request-tag": tag,
+    }
+    try:
+        if chunked:
+            conn.request("POST", path, body=iter([body]), headers=headers, encode_chunked=True)
+        else:
+            conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    return response.status, json.loads(data), {k.lower(): v for k, v in response.getheaders()}

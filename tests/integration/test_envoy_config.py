@@ -1,0 +1,50 @@
+"""The rendered Envoy bootstraps are accepted by the real Envoy binary."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from extproc.devstack import envoy_binary
+from extproc.envoy_config import LocalEnvoy, render_local
+
+VARIANTS = {
+    "mock-upstream": LocalEnvoy(openai_host="127.0.0.1", openai_port=8000, openai_tls=False),
+    "openai-over-tls": LocalEnvoy(),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_envoy_validates_the_rendered_config(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_local(VARIANTS[name]))
+    done = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK" in done.stdout + done.stderr
+
+
+def test_ext_proc_filter_fails_closed_and_only_asks_for_request_headers() -> None:
+    config = yaml.safe_load(render_local(LocalEnvoy()))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    ext_proc = manager["typed_config"]["http_filters"][0]["typed_config"]
+    assert ext_proc["failure_mode_allow"] is False
+    assert ext_proc["allow_mode_override"] is True
+    assert ext_proc["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "response_header_mode": "SKIP",
+        "request_body_mode": "NONE",
+        "response_body_mode": "NONE",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    tls_cluster = config["static_resources"]["clusters"][-1]
+    assert tls_cluster["transport_socket"]["typed_config"]["sni"] == "api.openai.com"

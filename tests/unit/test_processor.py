@@ -1,0 +1,208 @@
+"""The per-stream processor, phase by phase, with the real in-process quota store and real
+tokenizer (no Envoy: the tests play Envoy's part with the messages it would send)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extproc import mutations
+from extproc.credentials import Secret
+from extproc.metrics import Metrics
+from extproc.policy import parse_documents
+from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy
+from extproc.processor import Processor
+from extproc.quota import MemoryBackend
+from extproc.runtime import Limits, Runtime, SnapshotHolder
+from extproc.tokens import TokenCounter
+from tests import envoy_messages as em
+
+POLICY = f"""
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: team, namespace: team}}
+spec:
+  models: {{allow: ["gpt-4o*"]}}
+  defaultMaxTokens: 100
+  limits:
+    - {{name: rpm, requests: 10, per: 1m}}
+    - {{name: tokens, tokens: 1000, per: 1h}}
+    - {{name: inflight, concurrent: 1}}
+---
+apiVersion: tokengate.dev/v1
+kind: ApiKey
+metadata: {{name: svc, namespace: team}}
+spec: {{sha256: {hashlib.sha256(b"tg-key").hexdigest()}}}
+---
+apiVersion: tokengate.dev/v1
+kind: ApiKey
+metadata: {{name: orphan, namespace: nobody}}
+spec: {{sha256: {hashlib.sha256(b"tg-orphan").hexdigest()}}}
+"""
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+PROMPT = 1 + 3 + 3  # "hello" + message framing + reply priming
+
+
+def _snapshot() -> PolicySnapshot:
+    docs = parse_documents(POLICY, file="test.yaml")
+    return PolicySnapshot(
+        policies={d.namespace: d for d in docs if isinstance(d, QuotaPolicy)},
+        keys_by_sha256={d.sha256: d for d in docs if isinstance(d, ApiKey)},
+        version="test",
+        loaded_at=0.0,
+    )
+
+
+@pytest.fixture
+def runtime(vocab_dir: Path) -> Runtime:
+    return Runtime(
+        policies=SnapshotHolder(_snapshot()),
+        backend=MemoryBackend(),
+        counter=TokenCounter(threads=1),
+        credentials={"openai": Secret("sk-provider")},
+        metrics=Metrics(),
+        limits=Limits(max_body_bytes=10_000),
+    )
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _admit(rt: Runtime, payload: dict[str, Any] = CHAT) -> tuple[Processor, Any]:
+    processor = Processor(rt)
+    await processor.on_request_headers(em.request_headers("tg-key"))
+    return processor, await processor.on_request_body(em.body(payload))
+
+
+def _used(rt: Runtime, limit: str) -> int:
+    backend = rt.backend
+    assert isinstance(backend, MemoryBackend)
+    return next(used for key, (_, used) in backend._windows.items() if key.endswith(":" + limit))
+
+
+def test_headers_strip_every_client_credential_and_inject_the_provider_key(
+    runtime: Runtime,
+) -> None:
+    extra = [("x-api-key", "sk-client"), ("Api-Key", "x"), ("x-goog-api-key", "y")]
+    reply = run(Processor(runtime).on_request_headers(em.request_headers("tg-key", extra=extra)))
+    common = reply.request_headers.response
+    assert em.set_headers(common.header_mutation) == {
+        "authorization": "Bearer sk-provider",
+        "x-tokengate-upstream": "openai",
+    }
+    assert set(common.header_mutation.remove_headers) == {"x-api-key", "api-key", "x-goog-api-key"}
+    assert common.clear_route_cache
+    assert reply.mode_override == mutations.GOVERNED_MODE
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "code"),
+    [
+        (None, 401, "missing_api_key"),
+        ("tg-wrong", 401, "invalid_api_key"),
+        ("tg-orphan", 403, "no_policy"),
+    ],
+)
+def test_callers_without_identity_or_policy_are_refused(
+    runtime: Runtime, key: str | None, status: int, code: str
+) -> None:
+    reply = run(Processor(runtime).on_request_headers(em.request_headers(key)))
+    assert reply.immediate_response.status.code == status
+    assert f'"code": "{code}"' in reply.immediate_response.body.decode()
+    assert b"sk-provider" not in reply.SerializeToString()
+
+
+def test_declared_body_over_the_limit_is_refused_before_reading_it(runtime: Runtime) -> None:
+    headers = em.request_headers("tg-key", extra=[("content-length", "10001")])
+    reply = run(Processor(runtime).on_request_headers(headers))
+    assert reply.immediate_response.status.code == 413
+
+
+def test_partial_body_means_over_the_buffer_limit(runtime: Runtime) -> None:
+    async def scenario() -> Any:
+        processor = Processor(runtime)
+        await processor.on_request_headers(em.request_headers("tg-key"))
+        return await processor.on_request_body(em.body(CHAT, end_of_stream=False))
+
+    assert run(scenario()).immediate_response.status.code == 413
+
+
+def test_model_outside_allow_list_is_403(runtime: Runtime) -> None:
+    _, reply = run(_admit(runtime, {**CHAT, "model": "claude-3-opus"}))
+    assert reply.immediate_response.status.code == 403
+    assert "claude-3-opus" in reply.immediate_response.body.decode()
+
+
+def test_reserve_then_settle_with_provider_usage(runtime: Runtime) -> None:
+    async def scenario() -> int:
+        processor, reply = await _admit(runtime)
+        assert reply == mutations.REQUEST_BODY_CONTINUE
+        reserved = _used(runtime, "tokens")
+        headers = await processor.on_response_headers(em.response_headers(200))
+        assert em.set_headers(headers.response_headers.response.header_mutation)[
+            "x-ratelimit-remaining-tokens"
+        ] == str(1000 - reserved)
+        await processor.on_response_body(em.body(em.completion(PROMPT, 20)))
+        await processor.finish()
+        return reserved
+
+    reserved = run(scenario())
+    assert reserved == PROMPT + 100  # defaultMaxTokens when the request names none
+    assert _used(runtime, "tokens") == PROMPT + 20
+    assert _used(runtime, "rpm") == 1
+
+
+def test_upstream_error_releases_tokens_and_skips_the_body(runtime: Runtime) -> None:
+    async def scenario() -> Any:
+        processor, _ = await _admit(runtime)
+        reply = await processor.on_response_headers(em.response_headers(500))
+        await processor.finish()
+        return reply
+
+    reply = run(scenario())
+    assert reply.mode_override == mutations.SKIP_RESPONSE_BODY_MODE
+    assert _used(runtime, "tokens") == 0
+    assert _used(runtime, "rpm") == 1
+
+
+def test_client_gone_before_the_answer_settles_the_reservation_once(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        processor, _ = await _admit(runtime)
+        blocked, refusal = await _admit(runtime)  # the single concurrency slot is taken
+        assert refusal.immediate_response.status.code == 429
+        assert "inflight" in refusal.immediate_response.body.decode()
+        await processor.finish()
+        await processor.finish()
+        await blocked.finish()
+        _, admitted = await _admit(runtime)  # the lease came back
+        assert admitted == mutations.REQUEST_BODY_CONTINUE
+
+    run(scenario())
+    assert _used(runtime, "tokens") == 2 * (PROMPT + 100)  # no usage: charged as reserved
+
+
+def test_unknown_path_passes_through_on_request_limits_only(runtime: Runtime) -> None:
+    async def scenario() -> Any:
+        processor = Processor(runtime)
+        reply = await processor.on_request_headers(
+            em.request_headers("tg-key", path="/v1/models", method="GET")
+        )
+        await processor.finish()
+        return reply
+
+    reply = run(scenario())
+    assert reply.mode_override == mutations.PASSTHROUGH_MODE
+    assert _used(runtime, "rpm") == 1
+    assert all(not key.endswith(":tokens") for key in runtime.backend._windows)  # type: ignore[attr-defined]
+
+
+def test_internal_error_reply_carries_no_internals(runtime: Runtime) -> None:
+    reply = Processor(runtime).internal_error(RuntimeError("secret detail sk-provider"))
+    body = reply.immediate_response.body.decode()
+    assert reply.immediate_response.status.code == 500
+    assert "secret detail" not in body and "sk-provider" not in body
