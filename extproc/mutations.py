@@ -19,12 +19,17 @@ _Mode = processing_mode_pb2.ProcessingMode
 ProcessingMode = Any  # untyped generated class; annotations only
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
-# Governed endpoints: buffer the request body (to parse and count it), see response
-# headers (status, our rate-limit headers) and the buffered response body (usage).
+# Governed endpoints: the request body buffered (to parse and count it before anything
+# reaches the provider), response headers (status, our rate-limit headers), and the response
+# body streamed to us chunk by chunk (the processor keeps a bounded copy to read usage).
+# Request side BUFFERED_PARTIAL, not BUFFERED: a chunked body over Envoy's buffer limit then
+# reaches us partial (we answer 413) instead of stalling until the idle timeout. Response
+# side STREAMED, not BUFFERED(_PARTIAL): BUFFERED turns a large paid answer into a
+# plain-text 500 and BUFFERED_PARTIAL intermittently stalled it. See README "Things learned".
 GOVERNED_MODE = _Mode(
     request_body_mode=_Mode.BUFFERED_PARTIAL,
     response_header_mode=_Mode.SEND,
-    response_body_mode=_Mode.BUFFERED,
+    response_body_mode=_Mode.STREAMED,
     request_trailer_mode=_Mode.SKIP,
     response_trailer_mode=_Mode.SKIP,
 )

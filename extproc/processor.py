@@ -56,6 +56,8 @@ class Processor:
         self._prompt_tokens = 0
         self._reservation: Reservation | None = None
         self._headers: dict[str, str] = {}
+        self._answer: list[bytes] = []  # bounded copy of the answer, for its usage
+        self._answer_bytes = 0
         self.outcome = "incomplete"
 
     # -- phases ------------------------------------------------------------------------
@@ -127,9 +129,20 @@ class Processor:
         return mutations.response_headers_reply(set_headers=self._headers, mode=mode)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
-        if self._reservation is not None and msg.end_of_stream:
-            await self._settle_from_body(msg.body)
+        if self._reservation is not None:
+            self._keep(msg.body)
+            if msg.end_of_stream:
+                await self._settle_from_body(b"".join(self._answer))
         return mutations.RESPONSE_BODY_CONTINUE
+
+    def _keep(self, chunk: bytes) -> None:
+        """Keep the answer up to the body limit; past it, usage is unreadable and the
+        reservation is charged as it stands (the answer itself flows on untouched)."""
+        self._answer_bytes += len(chunk)
+        if self._answer_bytes <= self._rt.limits.max_body_bytes:
+            self._answer.append(chunk)
+        else:
+            self._answer.clear()
 
     async def finish(self) -> None:
         """The stream is over (answered, refused, or the client went away): settle exactly
@@ -184,8 +197,8 @@ class Processor:
 
     async def _settle_from_body(self, body: bytes) -> None:
         assert self._reservation is not None
+        usage = self._provider.parse_usage(_loads_or_empty(body)) if body else None
         reservation, self._reservation = self._reservation, None
-        usage = self._provider.parse_usage(_loads_or_empty(body))
         actual = reservation.cost if usage is None else Cost(requests=1, tokens=usage.total)
         await self._rt.backend.settle(reservation, actual)
         self.outcome = "ok"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from extproc.errors import BadRequest, ClientError
 from extproc.providers._base import (
@@ -36,11 +36,11 @@ class OpenAIProvider:
             return None
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens", 0)
-        if not isinstance(prompt, int) or not isinstance(completion, int):
-            return None
+        if not _count(prompt) or not _count(completion):
+            return None  # untrustworthy usage: settle on our own estimate instead
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-        return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
+        return Usage(prompt, completion, cached if _count(cached) else 0)
 
     def error_body(self, error: ClientError) -> bytes:
         payload = {
@@ -55,6 +55,10 @@ class OpenAIProvider:
 
 
 PROVIDER = OpenAIProvider()
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
@@ -73,13 +77,12 @@ def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
         texts.append(json.dumps(tools, separators=(",", ":")))
-    max_tokens = optional_token_count(body, "max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = optional_token_count(body, "max_tokens")
+    max_completion = optional_token_count(body, "max_completion_tokens")
+    max_tokens = optional_token_count(body, "max_tokens")
     return ParsedRequest(
         model=model,
         stream=optional_bool(body, "stream"),
-        max_output_tokens=max_tokens,
+        max_output_tokens=max_completion if max_completion is not None else max_tokens,
         prompt_texts=tuple(texts),
         framing_tokens=framing,
     )
@@ -103,7 +106,10 @@ def _collect_message(message: dict[str, Any], texts: list[str]) -> int:
     name = message.get("name")
     if isinstance(name, str):
         texts.append(name)
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise BadRequest("'tool_calls' must be an array", param="messages")
+    for call in calls:
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
             texts.extend(

@@ -21,21 +21,37 @@ def limits_for(policy: QuotaPolicy, key: ApiKey | None) -> tuple[ScopedLimit, ..
     return tuple(limits)
 
 
+def _figure(measure: Measure, amount: int) -> str:
+    """An amount as people read it: dollars for `usd` (stored as micro-dollars)."""
+    return f"${amount / 1_000_000:.2f}" if measure is Measure.USD else str(amount)
+
+
+def _amount(measure: Measure, amount: int) -> str:
+    if measure is Measure.USD:
+        return _figure(measure, amount)
+    if measure is Measure.CONCURRENT:
+        return f"{amount} concurrent requests"
+    return f"{amount} {measure.value}"
+
+
 def refusal_error(refusal: Refusal) -> RateLimited:
     scoped = refusal.scoped
     limit = scoped.limit
-    unit = "concurrent requests" if limit.measure is Measure.CONCURRENT else limit.measure.value
     per = "" if limit.period_s is None else f" per {describe_period(limit.period_s)}"
     who = scoped.scope.label
+    measure = limit.measure
+    limit_text = _amount(measure, limit.amount) + per
     if refusal.never_fits:
         message = (
-            f"Request too large for limit '{limit.name}' of {who}: it needs {refusal.needed} "
-            f"{unit} but the limit is {limit.amount}{per}. Lower max_tokens or the prompt."
+            f"Request too large for limit '{limit.name}' of {who}: it needs "
+            f"{_figure(measure, refusal.needed)} but the limit is {limit_text}. "
+            "Lower max_tokens or the prompt."
         )
     else:
         message = (
-            f"Rate limit reached for limit '{limit.name}' of {who}: limit {limit.amount} "
-            f"{unit}{per}, used {refusal.used}, requested {refusal.needed}. "
+            f"Rate limit reached for limit '{limit.name}' of {who}: limit {limit_text}, "
+            f"used {_figure(measure, refusal.used)}, "
+            f"requested {_figure(measure, refusal.needed)}. "
             f"Please try again in {format_duration(refusal.retry_after)}."
         )
     return RateLimited(message, limit=limit.name, retry_after=refusal.retry_after)

@@ -35,6 +35,13 @@ class MemoryBackend(QuotaBackend):
         self._open: dict[str, Reservation] = {}
         self._deadlines: list[tuple[float, str]] = []
 
+    def _window(self, scoped: ScopedLimit, now: float) -> int:
+        """The window `now` falls in; never one older than the counter already holds, so a
+        clock stepping back across a boundary cannot admit requests uncounted."""
+        window = window_of(scoped, now)
+        stored = self._windows.get(scoped.base_key)
+        return window if stored is None else max(window, stored[0])
+
     def _used(self, scoped: ScopedLimit, window: int) -> int:
         if scoped.limit.measure is Measure.CONCURRENT:
             return self._inflight.get(scoped.base_key, 0)
@@ -56,7 +63,7 @@ class MemoryBackend(QuotaBackend):
     async def reserve(self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost) -> Decision:
         now = self._clock()
         self._expire(now)
-        windows = tuple(window_of(s, now) for s in limits)
+        windows = tuple(self._window(s, now) for s in limits)
         used = [self._used(s, w) for s, w in zip(limits, windows, strict=True)]
         refusal = decide(limits, used, cost, now)
         if refusal is not None:
@@ -73,6 +80,7 @@ class MemoryBackend(QuotaBackend):
         return Decision(reservation, None, states_after(limits, after, now))
 
     async def settle(self, reservation: Reservation, actual: Cost) -> None:
+        self._expire(self._clock())  # a settle after the lease expired must not count twice
         if self._open.pop(reservation.request_id, None) is None:
             return  # already settled (or expired): settling twice must not count twice
         self._apply_settlement(reservation, actual)

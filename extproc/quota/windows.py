@@ -66,7 +66,7 @@ def reset_after(now: float, period_s: int) -> float:
 
 def format_duration(seconds: float) -> str:
     """OpenAI's `x-ratelimit-reset-*` style: `1s`, `6m0s`, `1h2m3s`, `250ms`."""
-    if seconds < 1:
+    if round(seconds * 1000) < 1000:
         return f"{max(0, round(seconds * 1000))}ms"
     total = int(-(-seconds // 1))
     hours, rest = divmod(total, 3600)

@@ -104,3 +104,19 @@ def test_one_megabyte_single_character_prompt_is_counted_while_others_flow(
         assert prompt_tokens == 125_000 + 3 + 3  # what the provider reported
     slowest_big = max(elapsed for _, elapsed in results)
     assert max(small) < slowest_big / 2, (small, slowest_big)
+
+
+def test_answer_larger_than_envoys_buffer_still_reaches_the_client(
+    stack: LocalStack, tag: str
+) -> None:
+    """Envoy hands the sidecar only a partial body then (BUFFERED_PARTIAL); in BUFFERED mode
+    the client would get a plain-text 500 for an answer the provider billed."""
+    words = 450_000  # about 2.5 MB of JSON, over the stack's ~2.1 MB buffer
+    completion = client(stack, "tg-big", tag).chat.completions.create(
+        model="gpt-4o",
+        messages=HELLO,
+        max_tokens=words,
+        extra_headers={"x-mock-completion-tokens": str(words)},
+    )
+    assert completion.usage is not None and completion.usage.completion_tokens == words
+    assert len((completion.choices[0].message.content or "").split()) == words

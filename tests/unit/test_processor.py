@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,38 @@ def test_reserve_then_settle_with_provider_usage(runtime: Runtime) -> None:
     assert reserved == PROMPT + 100  # defaultMaxTokens when the request names none
     assert _used(runtime, "tokens") == PROMPT + 20
     assert _used(runtime, "rpm") == 1
+
+
+def test_usage_is_read_from_an_answer_split_across_chunks(runtime: Runtime) -> None:
+    answer = json.dumps(em.completion(PROMPT, 33)).encode()
+
+    async def scenario() -> None:
+        processor, _ = await _admit(runtime)
+        await processor.on_response_headers(em.response_headers(200))
+        for i in range(0, len(answer), 10):
+            last = i + 10 >= len(answer)
+            reply = await processor.on_response_body(
+                em.body(answer[i : i + 10], end_of_stream=last)
+            )
+            assert reply == mutations.RESPONSE_BODY_CONTINUE
+        await processor.finish()
+
+    run(scenario())
+    assert _used(runtime, "tokens") == PROMPT + 33
+
+
+def test_answer_over_the_body_limit_is_charged_as_reserved(runtime: Runtime) -> None:
+    answer = json.dumps({**em.completion(PROMPT, 33), "pad": "x" * 20_000}).encode()
+
+    async def scenario() -> None:
+        processor, _ = await _admit(runtime)
+        await processor.on_response_headers(em.response_headers(200))
+        await processor.on_response_body(em.body(answer[:15_000], end_of_stream=False))
+        await processor.on_response_body(em.body(answer[15_000:], end_of_stream=True))
+        await processor.finish()
+
+    run(scenario())
+    assert _used(runtime, "tokens") == PROMPT + 100  # usage unreadable past 10,000 bytes
 
 
 def test_upstream_error_releases_tokens_and_skips_the_body(runtime: Runtime) -> None:
