@@ -71,12 +71,18 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         ext_proc_port=args.ext_proc_port,
         metrics_port=args.metrics_port,
         openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        anthropic_api_key=os.environ.get("ANTHROPIC_API_KEY") or None,
     )
     stack.start()
-    upstream = "api.openai.com" if stack.openai_api_key else "the built-in mock provider"
+    mock = "the built-in mock provider"
     sys.stdout.write(
         _WELCOME.format(
-            url=stack.base_url, key=DEMO_KEY, upstream=upstream, logs=run_dir, **stack.ports
+            url=stack.base_url,
+            key=DEMO_KEY,
+            logs=run_dir,
+            **stack.ports,
+            openai="api.openai.com" if stack.openai_api_key else mock,
+            anthropic="api.anthropic.com" if stack.anthropic_api_key else mock,
         )
     )
     sys.stdout.flush()
@@ -90,7 +96,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 _WELCOME = """
-tokengate is up. Envoy listens on {url} and forwards to {upstream}.
+tokengate is up. Envoy listens on {url}.
+  OpenAI routes    /v1/chat/completions, … -> {openai}
+  Anthropic route  /v1/messages -> {anthropic}
   Envoy admin      http://127.0.0.1:{admin}
   ext_proc         127.0.0.1:{ext_proc}
   metrics          http://127.0.0.1:{metrics}/metrics
@@ -104,6 +112,10 @@ Try it (the demo gateway key is {key}):
 
   python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="{key}"); \\
 print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role":"user","content":"Hi"}}]))'
+
+  python -c 'import anthropic; c = anthropic.Anthropic(base_url="{url}", api_key="{key}"); \\
+print(c.messages.create(model="claude-haiku-4-5", max_tokens=64, \\
+messages=[{{"role":"user","content":"Hi"}}]))'
 
 Ctrl-C stops everything.
 """

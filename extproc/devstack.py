@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from extproc.envoy_config import LocalEnvoy, render_local
+from extproc.envoy_config import ANTHROPIC, OPENAI, LocalEnvoy, Upstream, render_local
 
 READY_TIMEOUT_S = 60.0
 
@@ -114,7 +114,9 @@ class LocalStack:
     admin_port: int = 0
     ext_proc_port: int = 0
     metrics_port: int = 0
-    openai_api_key: str | None = None  # None: use the mock provider
+    # Real provider keys; a provider without one is served by the mock provider.
+    openai_api_key: str | None = None
+    anthropic_api_key: str | None = None
     vocab_dir: Path = Path(".cache/tiktoken")
     max_body_bytes: int = 4 * 1024 * 1024
     extra_serve_args: tuple[str, ...] = ()
@@ -138,13 +140,13 @@ class LocalStack:
         return self
 
     def _env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra)
         return env
 
     def _start_upstream(self) -> None:
-        if self.openai_api_key:
+        if self.openai_api_key and self.anthropic_api_key:
             return
         child = Child(
             "mock-provider",
@@ -181,12 +183,15 @@ class LocalStack:
             str(self.max_body_bytes),
             *self.extra_serve_args,
         ]
-        key = self.openai_api_key or self.mock_key
+        keys = {
+            "OPENAI_API_KEY": self.openai_api_key or self.mock_key,
+            "ANTHROPIC_API_KEY": self.anthropic_api_key or self.mock_key,
+        }
         child = Child(
             "sidecar",
             _tokengate(*args),
             log_dir=self.run_dir,
-            env=self._env(OPENAI_API_KEY=key),
+            env=self._env(**keys),
             ready_prefix="tokengate ready ",
         )
         self.children["sidecar"] = child
@@ -197,15 +202,14 @@ class LocalStack:
         return self.children.pop("sidecar").stop()
 
     def _start_envoy(self) -> None:
-        real = bool(self.openai_api_key)
+        mock = Upstream.local(self.ports.get("mock", 0))
         config = render_local(
             LocalEnvoy(
                 listen_port=self.listen_port,
                 admin_port=self.admin_port,
                 ext_proc_port=self.ports["ext_proc"],
-                openai_host="api.openai.com" if real else "127.0.0.1",
-                openai_port=443 if real else self.ports["mock"],
-                openai_tls=real,
+                openai=OPENAI if self.openai_api_key else mock,
+                anthropic=ANTHROPIC if self.anthropic_api_key else mock,
                 buffer_limit_bytes=self.max_body_bytes + 65536,
             )
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.providers import ParsedRequest, Provider
+from extproc.providers import anthropic as _anthropic
 from extproc.providers import openai as _openai
 
 
@@ -26,6 +27,9 @@ class Endpoint:
 ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": Endpoint(
         "chat.completions", _openai.PROVIDER, _openai.parse_chat_request, "openai"
+    ),
+    "/v1/messages": Endpoint(
+        "messages", _anthropic.PROVIDER, _anthropic.parse_messages_request, "anthropic"
     ),
 }
 

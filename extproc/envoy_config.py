@@ -1,21 +1,26 @@
 """Render Envoy bootstraps from the templates in `envoy/`. Pure: text in, text out.
 
 Local replies that Envoy itself generates (a body over the buffer limit, the sidecar
-unreachable, the provider unreachable) are rewritten into the provider's error format so SDKs
-raise typed errors. Replies the sidecar makes are marked with dynamic metadata
-(`tokengate.reply = sidecar`) and left alone: they are already in the right format.
+unreachable, the provider unreachable) are rewritten into the provider's error format —
+OpenAI's, or Anthropic's under `/v1/messages` — so SDKs raise typed errors. Replies the
+sidecar makes are marked with dynamic metadata (`tokengate.reply = sidecar`) and left alone:
+they are already in the right format.
 """
 
 from __future__ import annotations
 
 import json
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 REPLY_METADATA_NAMESPACE = "tokengate"
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
 
 _NOT_OURS = {
     "metadata_filter": {
@@ -27,33 +32,25 @@ _NOT_OURS = {
         "match_if_key_not_found": True,
     }
 }
+_ANTHROPIC_PATH = {
+    "header_filter": {
+        "header": {"name": ":path", "string_match": {"prefix": ANTHROPIC_PATH_PREFIX}}
+    }
+}
 
-# (status, extra filter, error type, code, message) for replies Envoy makes on its own.
-_ENVOY_REPLIES: tuple[tuple[int, dict[str, Any] | None, str, str, str], ...] = (
-    (
-        413,
-        None,
-        "invalid_request_error",
-        "request_too_large",
-        "Request body exceeds the gateway's size limit.",
-    ),
-    (
-        503,
-        {"response_flag_filter": {"flags": ["UH", "UF", "UO", "URX", "NC", "UC"]}},
-        "api_error",
-        "upstream_unavailable",
-        "The upstream provider is unreachable through the gateway.",
-    ),
-    (504, None, "api_error", "upstream_timeout", "The upstream provider timed out."),
-    (
-        503,
-        None,
-        "api_error",
-        "gateway_unavailable",
-        "The tokengate policy sidecar is unavailable; the request was not forwarded "
-        "(the gateway fails closed).",
-    ),
-)
+# (status, extra filter, OpenAI type, OpenAI code, Anthropic type, message) for replies
+# Envoy makes on its own.
+_ENVOY_REPLIES: tuple[tuple[int, dict[str, Any] | None, str, str, str, str], ...] = (
+    (413, None, "invalid_request_error", "request_too_large", "request_too_large",
+     "Request body exceeds the gateway's size limit."),
+    (503, {"response_flag_filter": {"flags": ["UH", "UF", "UO", "URX", "NC", "UC"]}},
+     "api_error", "upstream_unavailable", "api_error",
+     "The upstream provider is unreachable through the gateway."),
+    (504, None, "api_error", "upstream_timeout", "api_error", "The upstream provider timed out."),
+    (503, None, "api_error", "gateway_unavailable", "overloaded_error",
+     "The tokengate policy sidecar is unavailable; the request was not forwarded "
+     "(the gateway fails closed)."),
+)  # fmt: skip
 
 
 def _openai_body(error_type: str, code: str, message: str) -> str:
@@ -61,24 +58,30 @@ def _openai_body(error_type: str, code: str, message: str) -> str:
     return json.dumps(body)
 
 
+def _anthropic_body(error_type: str, message: str) -> str:
+    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def _mapper(filters: list[dict[str, Any]], body: str) -> dict[str, Any]:
+    return {
+        "filter": {"and_filter": {"filters": filters}},
+        "body_format_override": {
+            "text_format_source": {"inline_string": body},
+            "content_type": "application/json",
+        },
+    }
+
+
 def local_reply_mappers() -> list[dict[str, Any]]:
-    mappers = []
-    for status, extra, error_type, code, message in _ENVOY_REPLIES:
+    """Anthropic-path mappers first: the first mapper whose filter matches wins."""
+    anthropic, openai = [], []
+    for status, extra, oa_type, oa_code, an_type, message in _ENVOY_REPLIES:
         filters: list[dict[str, Any]] = [{"status_code_filter": _status_is(status)}, _NOT_OURS]
         if extra is not None:
             filters.append(extra)
-        mappers.append(
-            {
-                "filter": {"and_filter": {"filters": filters}},
-                "body_format_override": {
-                    "text_format_source": {
-                        "inline_string": _openai_body(error_type, code, message)
-                    },
-                    "content_type": "application/json",
-                },
-            }
-        )
-    return mappers
+        anthropic.append(_mapper([*filters, _ANTHROPIC_PATH], _anthropic_body(an_type, message)))
+        openai.append(_mapper(filters, _openai_body(oa_type, oa_code, message)))
+    return anthropic + openai
 
 
 def _status_is(status: int) -> dict[str, Any]:
@@ -91,6 +94,23 @@ def _status_is(status: int) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Upstream:
+    """Where a provider cluster points: the real provider over TLS, or a local one."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def local(cls, port: int) -> Upstream:
+        return cls(host="127.0.0.1", port=port, tls=False)
+
+
+OPENAI = Upstream(host="api.openai.com", port=443, tls=True)
+ANTHROPIC = Upstream(host="api.anthropic.com", port=443, tls=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LocalEnvoy:
     """Values for `envoy/local.yaml`. Port 0 means 'pick a free one' (tests)."""
 
@@ -99,40 +119,46 @@ class LocalEnvoy:
     admin_port: int = 9901
     ext_proc_host: str = "127.0.0.1"
     ext_proc_port: int = 50051
-    openai_host: str = "api.openai.com"
-    openai_port: int = 443
-    openai_tls: bool = True
+    openai: Upstream = OPENAI
+    anthropic: Upstream = ANTHROPIC
     buffer_limit_bytes: int = 4 * 1024 * 1024 + 65536
 
 
 def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") -> str:
-    text = string.Template(template.read_text()).substitute(
-        listen_host=values.listen_host,
-        listen_port=values.listen_port,
-        admin_port=values.admin_port,
-        ext_proc_host=values.ext_proc_host,
-        ext_proc_port=values.ext_proc_port,
-        openai_host=values.openai_host,
-        openai_port=values.openai_port,
-        openai_discovery="LOGICAL_DNS" if values.openai_tls else "STATIC",
-        buffer_limit_bytes=values.buffer_limit_bytes,
-        local_reply_mappers=json.dumps(local_reply_mappers()),
-    )
-    if values.openai_tls:
-        text += _tls_socket("openai", values.openai_host)
-    return text
+    """The bootstrap as JSON (valid YAML, which Envoy reads by the file's .yaml name)."""
+    upstreams = {"openai": values.openai, "anthropic": values.anthropic}
+    fields: dict[str, object] = {
+        "listen_host": values.listen_host,
+        "listen_port": values.listen_port,
+        "admin_port": values.admin_port,
+        "ext_proc_host": values.ext_proc_host,
+        "ext_proc_port": values.ext_proc_port,
+        "buffer_limit_bytes": values.buffer_limit_bytes,
+        "local_reply_mappers": json.dumps(local_reply_mappers()),
+    }
+    for name, upstream in upstreams.items():
+        fields[f"{name}_host"] = upstream.host
+        fields[f"{name}_port"] = upstream.port
+        fields[f"{name}_discovery"] = "LOGICAL_DNS" if upstream.tls else "STATIC"
+    config = yaml.safe_load(string.Template(template.read_text()).substitute(fields))
+    _add_tls(config, upstreams.get)
+    return json.dumps(config, indent=1)
 
 
-def _tls_socket(cluster: str, sni: str) -> str:
-    # Appended to the last cluster in the template (the provider cluster).
-    return (
-        "    transport_socket:\n"
-        "      name: envoy.transport_sockets.tls\n"
-        "      typed_config:\n"
-        '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.'
-        "UpstreamTlsContext\n"
-        f"        sni: {sni}\n"
-        "        common_tls_context:\n"
-        "          validation_context:\n"
-        "            trusted_ca: {filename: /etc/ssl/certs/ca-certificates.crt}\n"
-    )
+def _add_tls(config: dict[str, Any], upstream_of: Callable[[str], Upstream | None]) -> None:
+    for cluster in config["static_resources"]["clusters"]:
+        upstream = upstream_of(cluster["name"])
+        if upstream is not None and upstream.tls:
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                    "UpstreamTlsContext",
+                    "sni": upstream.host,
+                    "common_tls_context": {
+                        "validation_context": {
+                            "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+                        }
+                    },
+                },
+            }

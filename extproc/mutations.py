@@ -86,6 +86,24 @@ def response_headers_reply(
     return reply
 
 
+def request_body_reply(body: bytes) -> ep.ProcessingResponse:
+    """Send `body` upstream instead of the client's. Its content-length is removed (Envoy
+    then sends it chunked): Envoy 1.40 rejects the mutation as a length mismatch when the
+    reply sets a corrected content-length instead (measured; see README)."""
+    common = ep.CommonResponse(
+        header_mutation=_header_mutation({}, ("content-length",)),
+        body_mutation=ep.BodyMutation(body=body),
+    )
+    return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
+
+
+def response_body_reply(body: bytes) -> ep.ProcessingResponse:
+    """Send `body` to the client instead of this response chunk."""
+    mutation = ep.BodyMutation(body=body) if body else ep.BodyMutation(clear_body=True)
+    common = ep.CommonResponse(body_mutation=mutation)
+    return ep.ProcessingResponse(response_body=ep.BodyResponse(response=common))
+
+
 REQUEST_BODY_CONTINUE = ep.ProcessingResponse(request_body=ep.BodyResponse())
 RESPONSE_BODY_CONTINUE = ep.ProcessingResponse(response_body=ep.BodyResponse())
 RESPONSE_HEADERS_CONTINUE = ep.ProcessingResponse(response_headers=ep.HeadersResponse())

@@ -9,6 +9,7 @@ request headers -> request body -> response headers -> response body -> (stream 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +27,18 @@ from extproc.errors import (
 )
 from extproc.identity import Caller, identify
 from extproc.policy.model import QuotaPolicy
-from extproc.providers import ParsedRequest, Provider
-from extproc.quota import Cost, Reservation, limits_for, ratelimit_headers, refusal_error
+from extproc.providers import ParsedRequest, Provider, Usage
+from extproc.quota import (
+    Cost,
+    Refusal,
+    Reservation,
+    limits_for,
+    ratelimit_headers,
+    refusal_error,
+)
 from extproc.quota.windows import ScopedLimit
 from extproc.runtime import Runtime
+from extproc.streaming import DEBIT_BATCH_TOKENS, AnswerStream
 from extproc.tokens import OFFLOAD_CHARS, encoding_name_for
 
 log = logging.getLogger(__name__)
@@ -53,8 +62,12 @@ class Processor:
         self._policy: QuotaPolicy | None = None
         self._limits: tuple[ScopedLimit, ...] = ()
         self._model = "-"
+        self._parsed: ParsedRequest | None = None
         self._prompt_tokens = 0
         self._reservation: Reservation | None = None
+        self._stream: AnswerStream | None = None
+        self._cut_by: Refusal | None = None  # set once a stream was cut
+        self._admitted_at = 0.0
         self._headers: dict[str, str] = {}
         self._answer: list[bytes] = []  # bounded copy of the answer, for its usage
         self._answer_bytes = 0
@@ -110,15 +123,21 @@ class Processor:
                 )
             self._prompt_tokens = await self._count_prompt(parsed)
             expected = parsed.max_output_tokens or self._policy.default_max_tokens
+            if parsed.stream and self._policy.stream_reserve_tokens is not None:
+                expected = min(expected, self._policy.stream_reserve_tokens)
             await self._reserve(Cost(requests=1, tokens=self._prompt_tokens + expected))
         except ClientError as error:
             return self._refuse(error)
+        self._parsed = parsed
+        self._admitted_at = time.perf_counter()
+        if parsed.rewritten_body is not None:
+            return mutations.request_body_reply(parsed.rewritten_body)
         return mutations.REQUEST_BODY_CONTINUE
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
-        status = header_map(msg).get(":status", "0")
+        headers = header_map(msg)
         mode = None
-        if not status.startswith("2"):
+        if not headers.get(":status", "0").startswith("2"):
             self.outcome = "upstream_error"
             if self._reservation is not None:
                 await self._rt.backend.release(self._reservation)
@@ -126,9 +145,25 @@ class Processor:
             mode = mutations.SKIP_RESPONSE_BODY_MODE
         elif self._endpoint is None:
             self.outcome = "passthrough"
+        elif self._parsed is not None and headers.get("content-type", "").startswith(
+            "text/event-stream"
+        ):
+            self._stream = self._open_stream(self._parsed)
         return mutations.response_headers_reply(set_headers=self._headers, mode=mode)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        if self._cut_by is not None:
+            # The error event went out with the last chunk; answering now makes Envoy reset
+            # both sides, so the provider stops generating (and billing).
+            error = refusal_error(self._cut_by)
+            return mutations.immediate_reply(
+                status=error.status,
+                body=self._provider.error_body(error),
+                headers={},
+                details="tokengate_stream_cut",
+            )
+        if self._stream is not None:
+            return await self._stream_chunk(self._stream, msg)
         if self._reservation is not None:
             self._keep(msg.body)
             if msg.end_of_stream:
@@ -146,11 +181,15 @@ class Processor:
 
     async def finish(self) -> None:
         """The stream is over (answered, refused, or the client went away): settle exactly
-        once. Without provider usage we charge the reservation: the upstream may have
-        billed a full answer, and over-charging an estimate beats losing usage."""
+        once. A streamed answer is charged what it delivered; a plain one without usage
+        the reservation: the upstream may have billed a full answer, and over-charging an
+        estimate beats losing usage."""
         if self._reservation is not None:
-            reservation, self._reservation = self._reservation, None
-            await self._rt.backend.settle(reservation, reservation.cost)
+            if self._stream is not None:
+                await self._settle(None, self._stream.used_tokens, self._stream.completion)
+            else:
+                reservation, self._reservation = self._reservation, None
+                await self._rt.backend.settle(reservation, reservation.cost)
         namespace = self._caller.namespace if self._caller else "-"
         self._rt.metrics.requests.labels(
             namespace, self._rt.metrics.model_label(self._model), self.outcome
@@ -198,15 +237,87 @@ class Processor:
     async def _settle_from_body(self, body: bytes) -> None:
         assert self._reservation is not None
         usage = self._provider.parse_usage(_loads_or_empty(body)) if body else None
-        reservation, self._reservation = self._reservation, None
-        actual = reservation.cost if usage is None else Cost(requests=1, tokens=usage.total)
-        await self._rt.backend.settle(reservation, actual)
         self.outcome = "ok"
-        if usage is not None and self._caller is not None:
-            model = self._rt.metrics.model_label(self._model)
-            tokens = self._rt.metrics.tokens
-            tokens.labels(self._caller.namespace, model, "prompt").inc(usage.prompt_tokens)
-            tokens.labels(self._caller.namespace, model, "completion").inc(usage.completion_tokens)
+        if usage is None:
+            reservation, self._reservation = self._reservation, None
+            await self._rt.backend.settle(reservation, reservation.cost)
+        else:
+            await self._settle(usage, usage.total, usage.completion_tokens)
+
+    async def _settle(self, usage: Usage | None, total: int, completion: int) -> None:
+        """Replace the reservation by `total` tokens (provider usage when given, else our
+        count) and record them."""
+        assert self._reservation is not None
+        reservation, self._reservation = self._reservation, None
+        await self._rt.backend.settle(reservation, Cost(requests=1, tokens=total))
+        if self._caller is not None:
+            self._rt.metrics.record_tokens(
+                self._caller.namespace,
+                self._model,
+                prompt=total - completion,
+                completion=completion,
+                source="counted" if usage is None else "provider",
+            )
+
+    # -- streamed answers --------------------------------------------------------------
+
+    def _open_stream(self, parsed: ParsedRequest) -> AnswerStream:
+        assert self._reservation is not None
+        return AnswerStream(
+            provider=self._provider,
+            encoding=encoding_name_for(parsed.model),
+            hide_usage_event=parsed.hide_usage_event,
+            prompt_tokens=self._prompt_tokens,
+            reserved_tokens=self._reservation.cost.tokens,
+            started=self._admitted_at,
+        )
+
+    async def _stream_chunk(self, stream: AnswerStream, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        chunk = stream.take(msg.body, end_of_stream=msg.end_of_stream)
+        if self._reservation is None:  # settled already (e.g. an upstream error): just pass
+            return _body_reply(chunk.forward)
+        shortfall = stream.shortfall(chunk.tokens)
+        if shortfall > 0:
+            refusal = await self._debit(stream, shortfall)
+            if refusal is not None:
+                return await self._cut_stream(stream, refusal)
+        stream.delivered(chunk.tokens)
+        self._rt.metrics.observe_stream(stream, chunk.tokens)
+        if msg.end_of_stream:
+            self.outcome = "ok"
+            usage = stream.reader.usage
+            self._rt.metrics.observe_count_error(self._model, stream.completion, usage)
+            if usage is None:
+                await self._settle(None, stream.used_tokens, stream.completion)
+            else:
+                await self._settle(usage, usage.total, usage.completion_tokens)
+        return _body_reply(chunk.forward)
+
+    async def _debit(self, stream: AnswerStream, shortfall: int) -> Refusal | None:
+        """Grow the reservation (see `streaming` for the batch rule); the refusal if even
+        the shortfall does not fit."""
+        asks = (DEBIT_BATCH_TOKENS, shortfall) if shortfall < DEBIT_BATCH_TOKENS else (shortfall,)
+        refusal = None
+        for ask in asks:
+            assert self._reservation is not None
+            decision = await self._rt.backend.debit(self._reservation, Cost(tokens=ask))
+            self._rt.metrics.stream_debits.inc()
+            if decision.reservation is not None:
+                self._reservation = decision.reservation
+                stream.granted += ask
+                return None
+            refusal = decision.refusal
+        return refusal
+
+    async def _cut_stream(self, stream: AnswerStream, refusal: Refusal) -> ep.ProcessingResponse:
+        """Replace this chunk by a provider-format error event naming the limit; charge
+        exactly what was delivered before it."""
+        self._cut_by = refusal
+        self.outcome = "cut"
+        assert self._caller is not None
+        self._rt.metrics.streams_cut.labels(self._caller.namespace, refusal.scoped.limit.name).inc()
+        await self._settle(None, stream.used_tokens, stream.completion)
+        return _body_reply(self._provider.stream_error(refusal_error(refusal)))
 
     def _refuse(self, error: ClientError) -> ep.ProcessingResponse:
         self.outcome = error.outcome
@@ -221,6 +332,12 @@ class Processor:
         """Last resort for a bug: a generic 500 in the provider's format, no internals."""
         log.error("internal error while processing a request", exc_info=exc)
         return self._refuse(InternalFailure("The gateway failed to process this request."))
+
+
+def _body_reply(forward: bytes | None) -> ep.ProcessingResponse:
+    if forward is None:
+        return mutations.RESPONSE_BODY_CONTINUE
+    return mutations.response_body_reply(forward)
 
 
 def _loads_or_empty(body: bytes) -> dict[str, Any]:

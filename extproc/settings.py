@@ -87,6 +87,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "else the OPENAI_API_KEY environment variable",
     )
     parser.add_argument(
+        "--anthropic-api-key-file",
+        default=_env("ANTHROPIC_API_KEY_FILE", ""),
+        help="file holding the Anthropic key; else the ANTHROPIC_API_KEY environment variable",
+    )
+    parser.add_argument(
         "--ready-file", default="", help="write the bound ports here as JSON once serving"
     )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
@@ -97,6 +102,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     if args.metrics_listen != "off":
         metrics = Address.parse(args.metrics_listen, what="--metrics-listen")
     openai_file = Path(args.openai_api_key_file) if args.openai_api_key_file else None
+    anthropic_file = Path(args.anthropic_api_key_file) if args.anthropic_api_key_file else None
     settings = ServeSettings(
         ext_proc=Address.parse(args.listen, what="--listen"),
         metrics=metrics,
@@ -105,7 +111,10 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         quota_store=args.quota_store,
         workers=args.workers,
         max_body_bytes=args.max_body_bytes,
-        credentials={"openai": CredentialSource(env_var="OPENAI_API_KEY", file=openai_file)},
+        credentials={
+            "openai": CredentialSource(env_var="OPENAI_API_KEY", file=openai_file),
+            "anthropic": CredentialSource(env_var="ANTHROPIC_API_KEY", file=anthropic_file),
+        },
         ready_file=Path(args.ready_file) if args.ready_file else None,
         log_level=args.log_level.upper(),
     )

@@ -58,6 +58,9 @@ class QuotaPolicy:
     fail_mode: FailMode = FailMode.CLOSED
     # Completion tokens reserved when a request names no max_tokens.
     default_max_tokens: int = 1024
+    # Streams reserve at most this many completion tokens up front and debit the rest as
+    # they run (cut when the budget is gone). None: reserve the whole max_tokens.
+    stream_reserve_tokens: int | None = None
     source: str = ""
 
     def allows_model(self, model: str) -> bool:

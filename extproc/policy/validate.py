@@ -35,7 +35,9 @@ _AMOUNT_MAX = 2**53 - 1
 
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 _METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
-_POLICY_FIELDS = ("priority", "models", "limits", "failMode", "defaultMaxTokens")
+_POLICY_FIELDS = (
+    "priority", "models", "limits", "failMode", "defaultMaxTokens", "streamReserveTokens",
+)  # fmt: skip
 _MODELS_FIELDS = ("allow",)
 _KEY_FIELDS = ("sha256", "limits")
 _MEASURES = tuple(m.value for m in Measure)
@@ -103,12 +105,10 @@ def _quota_policy(
         _check_fields(doc, models, _MODELS_FIELDS, "spec.models.")
         allow = _required(doc, models, "allow", "spec.models.")
         patterns = _model_patterns(doc, allow, "spec.models.allow")
-    max_tokens = spec.get("defaultMaxTokens", 1024)
-    if not _is_int(max_tokens) or not 1 <= max_tokens <= _DEFAULT_MAX_TOKENS_MAX:
-        doc.fail(
-            "spec.defaultMaxTokens",
-            f"must be an integer between 1 and {_DEFAULT_MAX_TOKENS_MAX}, got {_show(max_tokens)}",
-        )
+    max_tokens = _token_count(doc, spec.get("defaultMaxTokens", 1024), "spec.defaultMaxTokens")
+    reserve = spec.get("streamReserveTokens")
+    if reserve is not None:
+        reserve = _token_count(doc, reserve, "spec.streamReserveTokens")
     return QuotaPolicy(
         name=name,
         namespace=namespace,
@@ -117,8 +117,17 @@ def _quota_policy(
         priority=_enum(doc, spec, "priority", Priority, Priority.STANDARD),
         fail_mode=_enum(doc, spec, "failMode", FailMode, FailMode.CLOSED),
         default_max_tokens=max_tokens,
+        stream_reserve_tokens=reserve,
         source=doc.file,
     )
+
+
+def _token_count(doc: _Doc, value: object, field: str) -> int:
+    if not _is_int(value) or not 1 <= value <= _DEFAULT_MAX_TOKENS_MAX:
+        doc.fail(
+            field, f"must be an integer between 1 and {_DEFAULT_MAX_TOKENS_MAX}, got {_show(value)}"
+        )
+    return value
 
 
 def _api_key(

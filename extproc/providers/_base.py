@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from extproc.errors import BadRequest, ClientError
+from extproc.sse import Event
 
 # Sanity bound on a requested answer length: larger values are a bug or an attack, not a
 # real model's output window.
@@ -21,6 +22,11 @@ class ParsedRequest:
     max_output_tokens: int | None  # None: the client did not say
     prompt_texts: tuple[str, ...]  # text to count with the model's tokenizer
     framing_tokens: int  # per-message overhead the provider adds to the prompt
+    # The body to send upstream instead of the client's (None: forward it untouched), e.g.
+    # OpenAI streams rewritten to ask for usage.
+    rewritten_body: bytes | None = None
+    # The client did not ask for the usage event we made the provider send: hide it.
+    hide_usage_event: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +40,29 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class EventMeaning:
+    """What one SSE event of an answer means to governance."""
+
+    texts: tuple[str, ...] = ()  # generated text (content, tool arguments, reasoning)
+    hide: bool = False  # drop it from what the client sees
+
+
+NOTHING = EventMeaning()
+
+
+class StreamReader(Protocol):
+    """Reads the events of one streamed answer, in order; stateful, one per stream."""
+
+    def read(self, event: Event) -> EventMeaning: ...
+
+    @property
+    def usage(self) -> Usage | None:
+        """The provider's reported usage, once the stream has carried all of it."""
+
+
 class Provider(Protocol):
-    """One provider wire schema: usage, errors, and the credential header it takes."""
+    """One provider wire schema: usage, stream events, errors, its credential header."""
 
     name: str
     credential_header: str
@@ -45,6 +72,12 @@ class Provider(Protocol):
     def parse_usage(self, body: dict[str, Any]) -> Usage | None: ...
 
     def error_body(self, error: ClientError) -> bytes: ...
+
+    def stream_reader(self, *, hide_usage_event: bool) -> StreamReader: ...
+
+    def stream_error(self, error: ClientError) -> bytes:
+        """One complete SSE event that makes the provider's SDK raise `error` mid-stream."""
+        ...
 
 
 def require_model(body: dict[str, Any]) -> str:

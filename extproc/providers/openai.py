@@ -7,12 +7,15 @@ from typing import Any, TypeGuard
 
 from extproc.errors import BadRequest, ClientError
 from extproc.providers._base import (
+    NOTHING,
+    EventMeaning,
     ParsedRequest,
     Usage,
     optional_bool,
     optional_token_count,
     require_model,
 )
+from extproc.sse import Event
 
 # OpenAI's documented framing: every message costs 3 tokens beyond its content (plus 1 for a
 # `name`), and every reply is primed with 3 more.
@@ -53,6 +56,60 @@ class OpenAIProvider:
         }
         return json.dumps(payload).encode()
 
+    def stream_reader(self, *, hide_usage_event: bool) -> ChatStreamReader:
+        return ChatStreamReader(hide_usage_event=hide_usage_event)
+
+    def stream_error(self, error: ClientError) -> bytes:
+        # The SDK raises openai.APIError carrying this message on a data event with `error`.
+        return b"data: " + self.error_body(error) + b"\n\n"
+
+
+class ChatStreamReader:
+    """Reads `chat.completion.chunk` events: text deltas to count, and the usage chunk."""
+
+    def __init__(self, *, hide_usage_event: bool) -> None:
+        self._hide_usage_event = hide_usage_event
+        self.usage: Usage | None = None
+
+    def read(self, event: Event) -> EventMeaning:
+        if event.data == "[DONE]":
+            return NOTHING
+        try:
+            chunk = json.loads(event.data)
+        except ValueError:
+            return NOTHING  # never break a user's stream over our own parsing
+        if not isinstance(chunk, dict):
+            return NOTHING
+        texts: list[str] = []
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if isinstance(delta, dict):
+                    _delta_texts(delta, texts)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = PROVIDER.parse_usage(chunk)
+            if self._hide_usage_event and not choices:
+                return EventMeaning(tuple(texts), hide=True)
+        return EventMeaning(tuple(texts)) if texts else NOTHING
+
+
+def _delta_texts(delta: dict[str, Any], texts: list[str]) -> None:
+    for field in ("content", "reasoning_content", "reasoning", "refusal"):
+        value = delta.get(field)
+        if isinstance(value, str) and value:
+            texts.append(value)
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                for field in ("name", "arguments"):
+                    value = function.get(field)
+                    if isinstance(value, str) and value:
+                        texts.append(value)
+
 
 PROVIDER = OpenAIProvider()
 
@@ -79,13 +136,29 @@ def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
         texts.append(json.dumps(tools, separators=(",", ":")))
     max_completion = optional_token_count(body, "max_completion_tokens")
     max_tokens = optional_token_count(body, "max_tokens")
+    stream = optional_bool(body, "stream")
+    rewritten = _ask_for_usage(body) if stream else None
     return ParsedRequest(
         model=model,
-        stream=optional_bool(body, "stream"),
+        stream=stream,
         max_output_tokens=max_completion if max_completion is not None else max_tokens,
         prompt_texts=tuple(texts),
         framing_tokens=framing,
+        rewritten_body=rewritten,
+        hide_usage_event=rewritten is not None,
     )
+
+
+def _ask_for_usage(body: dict[str, Any]) -> bytes | None:
+    """A stream only reports usage when asked; ask on the client's behalf (and hide the
+    extra event from it), so that every stream settles on the provider's own count."""
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    if options is not None and options.get("include_usage") is True:
+        return None
+    body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _collect_message(message: dict[str, Any], texts: list[str]) -> int:

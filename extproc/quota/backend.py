@@ -22,6 +22,13 @@ class Cost:
     tokens: int = 0
     usd_micros: int = 0
 
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.requests + other.requests,
+            self.tokens + other.tokens,
+            self.usd_micros + other.usd_micros,
+        )
+
     def amount(self, measure: Measure) -> int:
         if measure is Measure.REQUESTS:
             return self.requests
@@ -85,6 +92,12 @@ class QuotaBackend(abc.ABC):
     @abc.abstractmethod
     async def reserve(self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost) -> Decision:
         """Atomically check every limit and, only if all allow it, take `cost` from each."""
+
+    @abc.abstractmethod
+    async def debit(self, reservation: Reservation, extra: Cost) -> Decision:
+        """Take `extra` more from every windowed limit of a running request (a stream that
+        outgrew its reservation), all or nothing. Allowed: the returned reservation holds
+        the grown cost and its lease is renewed. Concurrency leases are not taken again."""
 
     @abc.abstractmethod
     async def settle(self, reservation: Reservation, actual: Cost) -> None:

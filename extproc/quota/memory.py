@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from extproc.policy.model import Measure
 from extproc.quota.backend import Cost, Decision, QuotaBackend, Reservation
@@ -17,7 +18,7 @@ from extproc.quota.limiter import decide, need_of, states_after, window_of
 from extproc.quota.windows import ScopedLimit
 
 # A reservation nobody settles (a bug, a lost stream) gives its concurrency lease back after
-# this long; token costs stay charged at the reserved estimate.
+# this long; token costs stay charged at the reserved estimate. A stream's debits renew it.
 DEFAULT_LEASE_TTL_S = 600.0
 
 
@@ -32,7 +33,7 @@ class MemoryBackend(QuotaBackend):
         self._lease_ttl_s = lease_ttl_s
         self._windows: dict[str, tuple[int, int]] = {}  # base key -> (window start, used)
         self._inflight: dict[str, int] = {}  # base key -> open leases
-        self._open: dict[str, Reservation] = {}
+        self._open: dict[str, tuple[Reservation, float]] = {}  # id -> (it, lease deadline)
         self._deadlines: list[tuple[float, str]] = []
 
     def _window(self, scoped: ScopedLimit, now: float) -> int:
@@ -75,15 +76,40 @@ class MemoryBackend(QuotaBackend):
                 self._add(scoped, window, need)
             after.append(current + need)
         reservation = Reservation(request_id, tuple(limits), windows, cost)
-        self._open[request_id] = reservation
-        heapq.heappush(self._deadlines, (now + self._lease_ttl_s, request_id))
+        self._lease(reservation, now)
         return Decision(reservation, None, states_after(limits, after, now))
+
+    async def debit(self, reservation: Reservation, extra: Cost) -> Decision:
+        now = self._clock()
+        self._expire(now)
+        limits = [s for s in reservation.limits if s.limit.period_s is not None]
+        windows = [self._window(s, now) for s in limits]
+        used = [self._used(s, w) for s, w in zip(limits, windows, strict=True)]
+        refusal = decide(limits, used, extra, now)
+        if refusal is not None:
+            return Decision(None, refusal, states_after(limits, used, now))
+        after = []
+        for scoped, window, current in zip(limits, windows, used, strict=True):
+            need = need_of(scoped, extra)
+            if need:
+                self._add(scoped, window, need)
+            after.append(current + need)
+        grown = replace(reservation, cost=reservation.cost + extra)
+        if reservation.request_id in self._open:
+            self._lease(grown, now)
+        return Decision(grown, None, states_after(limits, after, now))
+
+    def _lease(self, reservation: Reservation, now: float) -> None:
+        deadline = now + self._lease_ttl_s
+        self._open[reservation.request_id] = (reservation, deadline)
+        heapq.heappush(self._deadlines, (deadline, reservation.request_id))
 
     async def settle(self, reservation: Reservation, actual: Cost) -> None:
         self._expire(self._clock())  # a settle after the lease expired must not count twice
-        if self._open.pop(reservation.request_id, None) is None:
+        held = self._open.pop(reservation.request_id, None)
+        if held is None:
             return  # already settled (or expired): settling twice must not count twice
-        self._apply_settlement(reservation, actual)
+        self._apply_settlement(held[0], actual)
 
     def _apply_settlement(self, reservation: Reservation, actual: Cost) -> None:
         for scoped, window in zip(reservation.limits, reservation.windows, strict=True):
@@ -98,10 +124,11 @@ class MemoryBackend(QuotaBackend):
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, request_id = heapq.heappop(self._deadlines)
-            reservation = self._open.pop(request_id, None)
-            if reservation is not None:
-                self._apply_settlement(reservation, reservation.cost)
+            deadline, request_id = heapq.heappop(self._deadlines)
+            held = self._open.get(request_id)
+            if held is not None and held[1] == deadline:  # not renewed since
+                del self._open[request_id]
+                self._apply_settlement(held[0], held[0].cost)
 
     def open_reservations(self) -> int:
         return len(self._open)

@@ -15,6 +15,8 @@ from extproc.devstack import LocalStack
 
 # Windows this long never roll over during a test run, so counts are deterministic.
 LONG = "366d"
+STREAM_BUDGET = 150
+SHARED_BUDGET = 600
 
 # Gateway keys the tests use, and the policies they map to.
 KEYS = {
@@ -23,6 +25,11 @@ KEYS = {
     "tg-tight-tokens": ("tight-tokens", "client"),
     "tg-big": ("big", "client"),
     "tg-passthrough": ("passthrough", "client"),
+    "tg-claude": ("claude", "client"),
+    "tg-stream-budget": ("stream-budget", "client"),
+    "tg-stream-budget-a": ("stream-budget-a", "client"),
+    "tg-shared": ("shared-budget", "client"),
+    "tg-solo": ("solo", "client"),
 }
 
 POLICIES = f"""
@@ -64,6 +71,45 @@ spec:
   limits:
     - {{name: two-requests, requests: 2, per: {LONG}}}
     - {{name: few-tokens, tokens: 1, per: {LONG}}}
+---
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: claude, namespace: claude}}
+spec:
+  models: {{allow: ["claude-*"]}}
+  limits:
+    - {{name: rpm, requests: 100000, per: 1m}}
+---
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: stream-budget, namespace: stream-budget}}
+spec:
+  defaultMaxTokens: 10
+  limits:
+    - {{name: stream-tokens, tokens: {STREAM_BUDGET}, per: {LONG}}}
+---
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: stream-budget-a, namespace: stream-budget-a}}
+spec:
+  streamReserveTokens: 10
+  limits:
+    - {{name: stream-tokens, tokens: {STREAM_BUDGET}, per: {LONG}}}
+---
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: shared-budget, namespace: shared-budget}}
+spec:
+  defaultMaxTokens: 10
+  limits:
+    - {{name: shared-tokens, tokens: {SHARED_BUDGET}, per: {LONG}}}
+---
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: solo, namespace: solo}}
+spec:
+  limits:
+    - {{name: one-at-a-time, concurrent: 1}}
 """
 
 

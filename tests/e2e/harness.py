@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
+import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
+import anthropic
 import openai
 
 from extproc.devstack import LocalStack
@@ -70,3 +74,31 @@ def raw_post(
     finally:
         conn.close()
     return response.status, json.loads(data), {k.lower(): v for k, v in response.getheaders()}
+
+
+def anthropic_client(stack: LocalStack, key: str, tag: str, **headers: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url=stack.base_url,
+        api_key=key,
+        max_retries=0,
+        timeout=60,
+        default_headers={"x-request-tag": tag, **headers},
+    )
+
+
+def mock_stats(stack: LocalStack) -> dict[str, int]:
+    url = f"http://127.0.0.1:{stack.ports['mock']}/_mock/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats: dict[str, int] = json.loads(response.read())
+    return stats
+
+
+def wait_until(condition: Callable[[], bool], *, seconds: float = 10.0) -> bool:
+    """Re-check `condition` until it holds (for effects that follow a disconnect, which
+    the server sees asynchronously). Bounded; returns whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        threading.Event().wait(0.02)
+    return condition()

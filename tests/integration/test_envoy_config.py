@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from extproc.devstack import envoy_binary
-from extproc.envoy_config import LocalEnvoy, render_local
+from extproc.envoy_config import LocalEnvoy, Upstream, render_local
 
 VARIANTS = {
-    "mock-upstream": LocalEnvoy(openai_host="127.0.0.1", openai_port=8000, openai_tls=False),
-    "openai-over-tls": LocalEnvoy(),
+    "mock-upstream": LocalEnvoy(openai=Upstream.local(8000), anthropic=Upstream.local(8000)),
+    "providers-over-tls": LocalEnvoy(),
 }
 
 
@@ -46,5 +46,7 @@ def test_ext_proc_filter_fails_closed_and_only_asks_for_request_headers() -> Non
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }
-    tls_cluster = config["static_resources"]["clusters"][-1]
-    assert tls_cluster["transport_socket"]["typed_config"]["sni"] == "api.openai.com"
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name, host in (("openai", "api.openai.com"), ("anthropic", "api.anthropic.com")):
+        assert clusters[name]["transport_socket"]["typed_config"]["sni"] == host
+    assert "transport_socket" not in clusters["tokengate_ext_proc"]

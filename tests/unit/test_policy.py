@@ -73,6 +73,7 @@ INVALID_CASES = [
     Case("default-max-tokens-zero.yaml", 1, "spec.defaultMaxTokens", "between 1 and 1000000"),
     Case("default-max-tokens-too-large.yaml", 1, "spec.defaultMaxTokens", "got an integer 1000001"),
     Case("default-max-tokens-string.yaml", 1, "spec.defaultMaxTokens", "got a string '1024'"),
+    Case("stream-reserve-tokens-zero.yaml", 1, "spec.streamReserveTokens", "between 1 and"),
     Case("limits-not-list.yaml", 1, "spec.limits", "must be a list, got a mapping"),
     Case("limit-not-mapping.yaml", 1, LIMIT0, "must be a mapping"),
     Case("limit-name-missing.yaml", 1, f"{LIMIT0}.name", "is required"),

@@ -239,3 +239,51 @@ def test_internal_error_reply_carries_no_internals(runtime: Runtime) -> None:
     body = reply.immediate_response.body.decode()
     assert reply.immediate_response.status.code == 500
     assert "secret detail" not in body and "sk-provider" not in body
+
+
+def _sse(text: str) -> bytes:
+    chunk = {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": text}}],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def test_stream_request_is_rewritten_to_ask_for_usage(runtime: Runtime) -> None:
+    _, reply = run(_admit(runtime, {**CHAT, "stream": True}))
+    common = reply.request_body.response
+    assert json.loads(common.body_mutation.body)["stream_options"] == {"include_usage": True}
+    assert list(common.header_mutation.remove_headers) == ["content-length"]
+
+
+def test_stream_over_budget_is_cut_with_an_error_event_then_reset(runtime: Runtime) -> None:
+    words = " the" * 200  # 200 tokens a chunk; the policy allows 1000 tokens an hour
+
+    async def scenario() -> tuple[list[Any], int]:
+        processor, _ = await _admit(runtime, {**CHAT, "stream": True})
+        sse = em.http_headers([(":status", "200"), ("content-type", "text/event-stream")])
+        await processor.on_response_headers(sse)
+        replies = [await processor.on_response_body(em.body(_sse(words), end_of_stream=False))
+                   for _ in range(6)]  # fmt: skip
+        await processor.finish()
+        return replies, _used(runtime, "tokens")
+
+    replies, used = run(scenario())
+    passed = [r for r in replies if r == mutations.RESPONSE_BODY_CONTINUE]
+    assert len(passed) == 4  # 7 + 4 x 200 = 807 fits; 1007 does not
+    cut = replies[4].response_body.response.body_mutation.body
+    assert b'"error"' in cut and b"'tokens'" in cut
+    assert replies[5].immediate_response.status.code == 429  # Envoy resets both sides
+    assert used == PROMPT + 4 * 200  # exactly what was delivered
+
+
+def test_client_gone_mid_stream_is_charged_what_was_delivered(runtime: Runtime) -> None:
+    async def scenario() -> int:
+        processor, _ = await _admit(runtime, {**CHAT, "stream": True, "max_tokens": 500})
+        sse = em.http_headers([(":status", "200"), ("content-type", "text/event-stream")])
+        await processor.on_response_headers(sse)
+        await processor.on_response_body(em.body(_sse(" a b c"), end_of_stream=False))
+        await processor.finish()  # Envoy closed the stream: the client went away
+        return _used(runtime, "tokens")
+
+    assert run(scenario()) == PROMPT + 3
