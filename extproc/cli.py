@@ -9,7 +9,6 @@ tokengate fetch-vocab    provision tiktoken vocab files for offline use
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -24,15 +23,13 @@ DEMO_KEY = "tg-demo"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from extproc.server import build_runtime, serve
+    from extproc.workers import run
 
     settings = serve_settings(args)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    runtime = build_runtime(settings)
-    asyncio.run(serve(settings, runtime))
-    return 0
+    return run(settings)
 
 
 def _cmd_mock_provider(args: argparse.Namespace) -> int:

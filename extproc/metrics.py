@@ -79,14 +79,17 @@ class Metrics:
             ["namespace", "limit"],
             registry=r,
         )
+        # multiprocess_mode: how several workers' values combine (see workers.py).
         self.streams_open = Gauge(
-            "tokengate_ext_proc_streams_open", "ext_proc streams open now.", registry=r
-        )
+            "tokengate_ext_proc_streams_open", "ext_proc streams open now.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.policy_version = Gauge(
             "tokengate_policy_info",
             "The policy snapshot in force (value 1), by version.",
             ["version"],
             registry=r,
+            multiprocess_mode="max",
         )
         self.usage_source = Counter(
             "tokengate_usage_source",
@@ -123,6 +126,31 @@ class Metrics:
             ["model"],
             buckets=_ERROR_BUCKETS,
             registry=r,
+        )
+
+        self.store_up = Gauge(
+            "tokengate_quota_store_up",
+            "1 while the shared quota store answers, 0 while fail modes apply.",
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.store_transitions = Counter(
+            "tokengate_quota_store_transitions",
+            "Quota store reachability changes, by new state (up / down).",
+            ["state"],
+            registry=r,
+        )
+        self.fail_mode_decisions = Counter(
+            "tokengate_fail_mode_decisions",
+            "Requests decided by a policy's fail mode while the quota store was away.",
+            ["mode"],
+            registry=r,
+        )
+        self.settlements_queued = Gauge(
+            "tokengate_settlements_queued",
+            "Settlements waiting for the quota store to come back (replayed, idempotent).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
     def record_tokens(

@@ -17,6 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc import endpoints, mutations
 from extproc._json import decode_object
+from extproc.costing import Costing
 from extproc.credentials import CLIENT_CREDENTIAL_HEADERS
 from extproc.errors import (
     ClientError,
@@ -66,7 +67,8 @@ class Processor:
         self._prompt_tokens = 0
         self._reservation: Reservation | None = None
         self._stream: AnswerStream | None = None
-        self._cut_by: Refusal | None = None  # set once a stream was cut
+        self._cut_by: ClientError | None = None  # set once a stream was cut
+        self._costing = Costing(None)
         self._admitted_at = 0.0
         self._headers: dict[str, str] = {}
         self._answer: list[bytes] = []  # bounded copy of the answer, for its usage
@@ -121,11 +123,12 @@ class Processor:
                     f"Model '{parsed.model}' is not allowed for namespace "
                     f"'{self._policy.namespace}'.",
                 )
+            self._costing = Costing.for_request(self._rt.prices, self._limits, parsed.model)
             self._prompt_tokens = await self._count_prompt(parsed)
             expected = parsed.max_output_tokens or self._policy.default_max_tokens
             if parsed.stream and self._policy.stream_reserve_tokens is not None:
                 expected = min(expected, self._policy.stream_reserve_tokens)
-            await self._reserve(Cost(requests=1, tokens=self._prompt_tokens + expected))
+            await self._reserve(self._costing.estimate(self._prompt_tokens, expected))
         except ClientError as error:
             return self._refuse(error)
         self._parsed = parsed
@@ -140,7 +143,7 @@ class Processor:
         if not headers.get(":status", "0").startswith("2"):
             self.outcome = "upstream_error"
             if self._reservation is not None:
-                await self._rt.backend.release(self._reservation)
+                await self._rt.store.release(self._reservation)
                 self._reservation = None
             mode = mutations.SKIP_RESPONSE_BODY_MODE
         elif self._endpoint is None:
@@ -155,7 +158,7 @@ class Processor:
         if self._cut_by is not None:
             # The error event went out with the last chunk; answering now makes Envoy reset
             # both sides, so the provider stops generating (and billing).
-            error = refusal_error(self._cut_by)
+            error = self._cut_by
             return mutations.immediate_reply(
                 status=error.status,
                 body=self._provider.error_body(error),
@@ -186,10 +189,10 @@ class Processor:
         estimate beats losing usage."""
         if self._reservation is not None:
             if self._stream is not None:
-                await self._settle(None, self._stream.used_tokens, self._stream.completion)
+                await self._settle(self._prompt_tokens, self._stream.completion)
             else:
                 reservation, self._reservation = self._reservation, None
-                await self._rt.backend.settle(reservation, reservation.cost)
+                await self._rt.store.settle(reservation, reservation.cost)
         namespace = self._caller.namespace if self._caller else "-"
         self._rt.metrics.requests.labels(
             namespace, self._rt.metrics.model_label(self._model), self.outcome
@@ -224,7 +227,10 @@ class Processor:
         return parsed.framing_tokens + counted
 
     async def _reserve(self, cost: Cost) -> None:
-        decision = await self._rt.backend.reserve(self._rt.next_request_id(), self._limits, cost)
+        assert self._policy is not None
+        decision = await self._rt.store.reserve(
+            self._rt.next_request_id(), self._limits, cost, self._policy.fail_mode
+        )
         self._headers = ratelimit_headers(decision.states)
         if decision.refusal is not None:
             assert self._caller is not None
@@ -240,24 +246,28 @@ class Processor:
         self.outcome = "ok"
         if usage is None:
             reservation, self._reservation = self._reservation, None
-            await self._rt.backend.settle(reservation, reservation.cost)
+            await self._rt.store.settle(reservation, reservation.cost)
         else:
-            await self._settle(usage, usage.total, usage.completion_tokens)
+            await self._settle_usage(usage)
 
-    async def _settle(self, usage: Usage | None, total: int, completion: int) -> None:
-        """Replace the reservation by `total` tokens (provider usage when given, else our
-        count) and record them."""
+    async def _settle_usage(self, usage: Usage) -> None:
+        await self._settle(
+            usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens, "provider"
+        )
+
+    async def _settle(
+        self, prompt: int, completion: int, cached: int = 0, source: str = "counted"
+    ) -> None:
+        """Replace the reservation by the true cost (provider usage, else our count) and
+        record it."""
         assert self._reservation is not None
         reservation, self._reservation = self._reservation, None
-        await self._rt.backend.settle(reservation, Cost(requests=1, tokens=total))
+        await self._rt.store.settle(reservation, self._costing.actual(prompt, completion, cached))
         if self._caller is not None:
             self._rt.metrics.record_tokens(
-                self._caller.namespace,
-                self._model,
-                prompt=total - completion,
-                completion=completion,
-                source="counted" if usage is None else "provider",
-            )
+                self._caller.namespace, self._model, prompt=prompt, completion=completion,
+                source=source,
+            )  # fmt: skip
 
     # -- streamed answers --------------------------------------------------------------
 
@@ -278,9 +288,14 @@ class Processor:
             return _body_reply(chunk.forward)
         shortfall = stream.shortfall(chunk.tokens)
         if shortfall > 0:
-            refusal = await self._debit(stream, shortfall)
+            try:
+                refusal = await self._debit(stream, shortfall)
+            except Unavailable as error:  # the store went away and the policy fails closed
+                return await self._cut_stream(stream, error, "quota-store")
             if refusal is not None:
-                return await self._cut_stream(stream, refusal)
+                return await self._cut_stream(
+                    stream, refusal_error(refusal), refusal.scoped.limit.name
+                )
         stream.delivered(chunk.tokens)
         self._rt.metrics.observe_stream(stream, chunk.tokens)
         if msg.end_of_stream:
@@ -288,9 +303,9 @@ class Processor:
             usage = stream.reader.usage
             self._rt.metrics.observe_count_error(self._model, stream.completion, usage)
             if usage is None:
-                await self._settle(None, stream.used_tokens, stream.completion)
+                await self._settle(self._prompt_tokens, stream.completion)
             else:
-                await self._settle(usage, usage.total, usage.completion_tokens)
+                await self._settle_usage(usage)
         return _body_reply(chunk.forward)
 
     async def _debit(self, stream: AnswerStream, shortfall: int) -> Refusal | None:
@@ -300,7 +315,10 @@ class Processor:
         refusal = None
         for ask in asks:
             assert self._reservation is not None
-            decision = await self._rt.backend.debit(self._reservation, Cost(tokens=ask))
+            assert self._policy is not None
+            decision = await self._rt.store.debit(
+                self._reservation, self._costing.more_completion(ask), self._policy.fail_mode
+            )
             self._rt.metrics.stream_debits.inc()
             if decision.reservation is not None:
                 self._reservation = decision.reservation
@@ -309,15 +327,17 @@ class Processor:
             refusal = decision.refusal
         return refusal
 
-    async def _cut_stream(self, stream: AnswerStream, refusal: Refusal) -> ep.ProcessingResponse:
+    async def _cut_stream(
+        self, stream: AnswerStream, error: ClientError, limit: str
+    ) -> ep.ProcessingResponse:
         """Replace this chunk by a provider-format error event naming the limit; charge
         exactly what was delivered before it."""
-        self._cut_by = refusal
+        self._cut_by = error
         self.outcome = "cut"
         assert self._caller is not None
-        self._rt.metrics.streams_cut.labels(self._caller.namespace, refusal.scoped.limit.name).inc()
-        await self._settle(None, stream.used_tokens, stream.completion)
-        return _body_reply(self._provider.stream_error(refusal_error(refusal)))
+        self._rt.metrics.streams_cut.labels(self._caller.namespace, limit).inc()
+        await self._settle(self._prompt_tokens, stream.completion)
+        return _body_reply(self._provider.stream_error(error))
 
     def _refuse(self, error: ClientError) -> ep.ProcessingResponse:
         self.outcome = error.outcome

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from extproc.credentials import Secret
 from extproc.metrics import Metrics
 from extproc.policy.model import PolicySnapshot
-from extproc.quota.backend import QuotaBackend
+from extproc.pricing import PriceTable
+from extproc.quota.failover import QuotaStore
 from extproc.tokens import TokenCounter
 
 
@@ -35,11 +36,12 @@ class Limits:
 @dataclass(slots=True)
 class Runtime:
     policies: SnapshotHolder
-    backend: QuotaBackend
+    store: QuotaStore
     counter: TokenCounter
     credentials: Mapping[str, Secret]  # Envoy cluster name -> provider key
     metrics: Metrics
     limits: Limits = field(default_factory=Limits)
+    prices: PriceTable | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: os.urandom(6).hex())
 

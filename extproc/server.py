@@ -23,8 +23,11 @@ from extproc.credentials import Secret
 from extproc.errors import ConfigError
 from extproc.metrics import Metrics
 from extproc.policy import load_directory
+from extproc.pricing import load_price_table
 from extproc.processor import Processor
 from extproc.quota import MemoryBackend
+from extproc.quota.failover import QuotaStore
+from extproc.quota.redis import RedisBackend, connect
 from extproc.runtime import Limits, Runtime, SnapshotHolder
 from extproc.settings import ServeSettings
 
@@ -88,8 +91,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
 
 def build_runtime(settings: ServeSettings) -> Runtime:
+    """Everything a worker needs; must run inside its event loop (the Redis pool binds to
+    it)."""
     tokens.use_vocab_dir(settings.vocab_dir)
-    snapshot = load_directory(settings.policy_dir)
+    prices = load_price_table(settings.price_table) if settings.price_table else None
+    snapshot = load_directory(settings.policy_dir, allow_usd=prices is not None)
     credentials: dict[str, Secret] = {}
     for upstream, source in settings.credentials.items():
         secret = source.load()
@@ -99,22 +105,42 @@ def build_runtime(settings: ServeSettings) -> Runtime:
     counter.warm_up()
     metrics = Metrics()
     metrics.policy_version.labels(snapshot.version).set(1)
+    shared = None
+    if settings.shared_store:
+        client = connect(settings.quota_store, timeout_s=settings.store_timeout_s)
+        shared = RedisBackend(client, lease_ttl_s=settings.lease_ttl_s)
+    store = QuotaStore(
+        local=MemoryBackend(lease_ttl_s=settings.lease_ttl_s), shared=shared, metrics=metrics,
+        probe_interval_s=settings.probe_interval_s,
+    )  # fmt: skip
     return Runtime(
         policies=SnapshotHolder(snapshot),
-        backend=MemoryBackend(),
+        store=store,
         counter=counter,
         credentials=credentials,
         metrics=metrics,
         limits=Limits(max_body_bytes=settings.max_body_bytes),
+        prices=prices,
     )
 
 
-async def serve(settings: ServeSettings, runtime: Runtime) -> None:
+async def serve_settings(settings: ServeSettings) -> None:
+    await serve(settings, build_runtime(settings))
+
+
+async def serve(
+    settings: ServeSettings, runtime: Runtime, *, on_ready: Callable[[int], None] | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. `on_ready` replaces the ready announcement
+    (a worker tells its supervisor instead)."""
     # A partially buffered body can overshoot Envoy's buffer limit by what one read brought in;
     # accept it so that we, not gRPC, answer with a proper 413.
     max_message = settings.max_body_bytes * 4 + (1 << 20)
     server = grpc_aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message)]
+        options=[
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+            ("grpc.max_receive_message_length", max_message),
+        ]
     )
     service = ExternalProcessor(runtime)
     ep_grpc.add_ExternalProcessorServicer_to_server(service, server)
@@ -131,7 +157,10 @@ async def serve(settings: ServeSettings, runtime: Runtime) -> None:
         metrics_port = httpd.server_port
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    _announce(settings, port, metrics_port, runtime)
+    if on_ready is not None:
+        on_ready(port)
+    else:
+        _announce(settings, port, metrics_port, runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -142,7 +171,7 @@ async def serve(settings: ServeSettings, runtime: Runtime) -> None:
     await server.stop(settings.grace_s)
     if service.settling:
         await asyncio.wait(service.settling, timeout=settings.grace_s)
-    await runtime.backend.aclose()
+    await runtime.store.aclose()
     runtime.counter.close()
 
 

@@ -28,6 +28,9 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+_STORE_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeSettings:
     ext_proc: Address = Address("127.0.0.1", 50051)
@@ -43,6 +46,18 @@ class ServeSettings:
     credentials: dict[str, CredentialSource] = field(default_factory=dict)
     ready_file: Path | None = None
     log_level: str = "INFO"
+    # Quota store: how long an unsettled reservation lives, how long a Redis call may take,
+    # how often a store that failed is probed.
+    lease_ttl_s: float = 600.0
+    store_timeout_s: float = 0.25
+    probe_interval_s: float = 1.0
+    price_table: Path | None = None
+    # Set for each worker of a multi-worker server: they share the port (SO_REUSEPORT).
+    reuse_port: bool = False
+
+    @property
+    def shared_store(self) -> bool:
+        return self.quota_store != "memory"
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -52,8 +67,13 @@ class ServeSettings:
                 "--workers > 1 needs a shared quota store: the in-process store would give "
                 "every worker its own budget. Set --quota-store redis://… or use --workers 1."
             )
-        if self.quota_store != "memory":
-            raise ConfigError(f"unsupported --quota-store {self.quota_store!r} (use 'memory')")
+        if self.shared_store and not self.quota_store.startswith(_STORE_SCHEMES):
+            raise ConfigError(
+                f"--quota-store must be 'memory' or a URL ({', '.join(_STORE_SCHEMES)}), "
+                f"got {self.quota_store!r}"
+            )
+        if self.lease_ttl_s <= 0 or self.store_timeout_s <= 0 or self.probe_interval_s <= 0:
+            raise ConfigError("--lease-ttl, --store-timeout and --probe-interval must be > 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
 
@@ -95,6 +115,29 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--ready-file", default="", help="write the bound ports here as JSON once serving"
     )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(_env("LEASE_TTL", "600")),
+        help="seconds before an unsettled reservation is given back",
+    )
+    parser.add_argument(
+        "--store-timeout",
+        type=float,
+        default=float(_env("STORE_TIMEOUT", "0.25")),
+        help="seconds a quota-store call may take before the fail mode applies",
+    )
+    parser.add_argument(
+        "--probe-interval",
+        type=float,
+        default=float(_env("PROBE_INTERVAL", "1")),
+        help="seconds between probes of a quota store that failed",
+    )
+    parser.add_argument(
+        "--price-table",
+        default=_env("PRICE_TABLE", ""),
+        help="YAML price table (needed by usd limits)",
+    )
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -117,6 +160,10 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         },
         ready_file=Path(args.ready_file) if args.ready_file else None,
         log_level=args.log_level.upper(),
+        lease_ttl_s=args.lease_ttl,
+        store_timeout_s=args.store_timeout,
+        probe_interval_s=args.probe_interval,
+        price_table=Path(args.price_table) if args.price_table else None,
     )
     settings.validate()
     return settings

@@ -22,6 +22,15 @@ class Measure(StrEnum):
     CONCURRENT = "concurrent"
 
 
+class Algorithm(StrEnum):
+    """How a limit counts over time (README "Writing quotas" says when to use which)."""
+
+    BUCKET = "bucket"  # token bucket: refills continuously, bursts up to the limit
+    SLIDING = "sliding"  # sliding-window counter: ~`amount` in any `per` (weighted estimate)
+    CALENDAR = "calendar"  # fixed windows: days / months start at midnight in the time zone
+    LEASE = "lease"  # concurrency: one lease per request in flight, with a TTL
+
+
 class Priority(StrEnum):
     INTERACTIVE = "interactive"
     STANDARD = "standard"
@@ -38,12 +47,20 @@ class FailMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """One limit. `period_s` is None exactly when `measure` is CONCURRENT."""
+    """One limit. `period_s` is None exactly when `measure` is CONCURRENT (whose algorithm
+    is LEASE). `months` > 0 makes a CALENDAR limit count calendar months (`period_s` is then
+    nominal, 30 days a month, for display only)."""
 
     name: str
     measure: Measure
     amount: int
     period_s: int | None
+    algorithm: Algorithm = Algorithm.CALENDAR
+    months: int = 0
+
+    def __post_init__(self) -> None:
+        if self.period_s is None and self.algorithm is not Algorithm.LEASE:
+            object.__setattr__(self, "algorithm", Algorithm.LEASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +78,8 @@ class QuotaPolicy:
     # Streams reserve at most this many completion tokens up front and debit the rest as
     # they run (cut when the budget is gone). None: reserve the whole max_tokens.
     stream_reserve_tokens: int | None = None
+    # IANA time zone of CALENDAR windows (a `1d` budget resets at local midnight).
+    time_zone: str = "UTC"
     source: str = ""
 
     def allows_model(self, model: str) -> bool:

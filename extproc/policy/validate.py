@@ -15,9 +15,18 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import NoReturn, TypeGuard, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from extproc.errors import PolicyError
-from extproc.policy.model import ApiKey, FailMode, Limit, Measure, Priority, QuotaPolicy
+from extproc.policy.model import (
+    Algorithm,
+    ApiKey,
+    FailMode,
+    Limit,
+    Measure,
+    Priority,
+    QuotaPolicy,
+)
 
 API_VERSION = "tokengate.dev/v1"
 KINDS = ("QuotaPolicy", "ApiKey")
@@ -25,7 +34,7 @@ KINDS = ("QuotaPolicy", "ApiKey")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_LABEL_MAX = 63
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_DURATION = re.compile(r"([0-9]{1,12})([smhd])")
+_DURATION = re.compile(r"([0-9]{1,12})(mo|[smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PERIOD_MIN_S = 1
 _PERIOD_MAX_S = 366 * 86400
@@ -37,11 +46,14 @@ _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 _METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
 _POLICY_FIELDS = (
     "priority", "models", "limits", "failMode", "defaultMaxTokens", "streamReserveTokens",
+    "timeZone",
 )  # fmt: skip
 _MODELS_FIELDS = ("allow",)
 _KEY_FIELDS = ("sha256", "limits")
 _MEASURES = tuple(m.value for m in Measure)
-_LIMIT_FIELDS = ("name", *_MEASURES, "per")
+_LIMIT_FIELDS = ("name", *_MEASURES, "per", "algorithm")
+_MONTHS_MAX = 12
+_WINDOWED = tuple(a.value for a in Algorithm if a is not Algorithm.LEASE)
 
 _E = TypeVar("_E", Priority, FailMode)
 
@@ -118,6 +130,7 @@ def _quota_policy(
         fail_mode=_enum(doc, spec, "failMode", FailMode, FailMode.CLOSED),
         default_max_tokens=max_tokens,
         stream_reserve_tokens=reserve,
+        time_zone=_time_zone(doc, spec.get("timeZone", "UTC")),
         source=doc.file,
     )
 
@@ -188,12 +201,29 @@ def _limit(doc: _Doc, value: object, field: str, *, allow_usd: bool) -> Limit:
     if measure is Measure.CONCURRENT:
         if "per" in item:
             doc.fail(f"{field}.per", "concurrent limits count requests in flight; remove 'per'")
+        if "algorithm" in item:
+            doc.fail(f"{field}.algorithm", "concurrent limits always use leases; remove it")
         return Limit(name=name, measure=measure, amount=amount, period_s=None)
     if "per" not in item:
         doc.fail(f"{field}.per", f"is required for {measure.value} limits (e.g. 1m, 1h, 1d)")
+    period, months = _period(doc, item["per"], field)
+    algorithm = _algorithm(doc, item.get("algorithm"), period, months, field)
     return Limit(
-        name=name, measure=measure, amount=amount, period_s=_period(doc, item["per"], field)
-    )
+        name=name, measure=measure, amount=amount, period_s=period, algorithm=algorithm,
+        months=months,
+    )  # fmt: skip
+
+
+def _algorithm(doc: _Doc, value: object, period: int, months: int, field: str) -> Algorithm:
+    """Default: a token bucket for rates under a day, calendar windows for longer budgets."""
+    if value is None:
+        return Algorithm.CALENDAR if months or period >= 86400 else Algorithm.BUCKET
+    if not isinstance(value, str) or value not in _WINDOWED:
+        doc.fail(f"{field}.algorithm", f"must be one of {', '.join(_WINDOWED)}; got {_show(value)}")
+    algorithm = Algorithm(value)
+    if months and algorithm is not Algorithm.CALENDAR:
+        doc.fail(f"{field}.algorithm", "month periods need the calendar algorithm")
+    return algorithm
 
 
 def _amount(doc: _Doc, measure: Measure, value: object, field: str, allow_usd: bool) -> int:
@@ -217,15 +247,31 @@ def _amount(doc: _Doc, measure: Measure, value: object, field: str, allow_usd: b
     return amount
 
 
-def _period(doc: _Doc, value: object, field: str) -> int:
+def _period(doc: _Doc, value: object, field: str) -> tuple[int, int]:
+    """(seconds, months): months > 0 for calendar months, whose length varies."""
     match = _DURATION.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        shape = "a duration like 30s, 1m, 1h or 1d (a number and s|m|h|d)"
+        shape = "a duration like 30s, 1m, 1h, 1d or 1mo (a number and s|m|h|d|mo)"
         doc.fail(f"{field}.per", f"must be {shape}, got {_show(value)}")
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    count = int(match.group(1))
+    if match.group(2) == "mo":
+        if not 1 <= count <= _MONTHS_MAX:
+            doc.fail(f"{field}.per", f"must be between 1mo and {_MONTHS_MAX}mo, got {value}")
+        return count * 30 * 86400, count
+    seconds = count * _UNIT_SECONDS[match.group(2)]
     if not _PERIOD_MIN_S <= seconds <= _PERIOD_MAX_S:
         doc.fail(f"{field}.per", f"must be between 1s and 366d, got {value}")
-    return seconds
+    return seconds, 0
+
+
+def _time_zone(doc: _Doc, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        doc.fail("spec.timeZone", f"must be an IANA time zone name, got {_show(value)}")
+    try:
+        ZoneInfo(value)
+    except (ValueError, ZoneInfoNotFoundError):
+        doc.fail("spec.timeZone", f"unknown time zone {value!r} (an IANA name: Europe/Berlin)")
+    return value
 
 
 def _enum(doc: _Doc, spec: Mapping[str, object], key: str, enum: type[_E], default: _E) -> _E:

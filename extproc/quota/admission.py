@@ -8,16 +8,16 @@ from collections.abc import Iterable
 from extproc.errors import RateLimited
 from extproc.policy.model import ApiKey, Measure, QuotaPolicy
 from extproc.quota.backend import LimitState, Refusal
-from extproc.quota.windows import Scope, ScopedLimit, describe_period, format_duration
+from extproc.quota.windows import Scope, ScopedLimit, describe_limit_period, format_duration
 
 
 def limits_for(policy: QuotaPolicy, key: ApiKey | None) -> tuple[ScopedLimit, ...]:
     """The namespace's limits, then the key's own limits layered under them."""
-    ns_scope = Scope(policy.namespace)
-    limits = [ScopedLimit(ns_scope, limit) for limit in policy.limits]
+    ns_scope, tz = Scope(policy.namespace), policy.time_zone
+    limits = [ScopedLimit(ns_scope, limit, tz) for limit in policy.limits]
     if key is not None:
         key_scope = Scope(policy.namespace, key.name)
-        limits.extend(ScopedLimit(key_scope, limit) for limit in key.limits)
+        limits.extend(ScopedLimit(key_scope, limit, tz) for limit in key.limits)
     return tuple(limits)
 
 
@@ -37,7 +37,7 @@ def _amount(measure: Measure, amount: int) -> str:
 def refusal_error(refusal: Refusal) -> RateLimited:
     scoped = refusal.scoped
     limit = scoped.limit
-    per = "" if limit.period_s is None else f" per {describe_period(limit.period_s)}"
+    per = "" if limit.period_s is None else f" per {describe_limit_period(limit)}"
     who = scoped.scope.label
     measure = limit.measure
     limit_text = _amount(measure, limit.amount) + per

@@ -71,8 +71,9 @@ class Reservation:
 
     request_id: str
     limits: tuple[ScopedLimit, ...]
-    windows: tuple[int, ...]  # window start per limit (0 for concurrency leases)
+    windows: tuple[int, ...]  # the window each limit counted it in (0: no windows)
     cost: Cost
+    origin: str = ""  # which store holds it, when there are two (see failover.py)
 
 
 @dataclass(frozen=True, slots=True)

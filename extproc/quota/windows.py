@@ -28,10 +28,11 @@ class Scope:
 
 @dataclass(frozen=True, slots=True)
 class ScopedLimit:
-    """A policy limit bound to the scope it counts for."""
+    """A policy limit bound to the scope it counts for (and its policy's time zone)."""
 
     scope: Scope
     limit: Limit
+    time_zone: str = "UTC"
 
     @property
     def base_key(self) -> str:
@@ -76,6 +77,12 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+def describe_limit_period(limit: Limit) -> str:
+    if limit.months:
+        return f"{limit.months}mo"
+    return "" if limit.period_s is None else describe_period(limit.period_s)
 
 
 def describe_period(period_s: int) -> str:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import openai
 
 from extproc.devstack import LocalStack
+from tests.waiting import wait_until
+
+__all__ = ["wait_until"]
 
 
 def client(stack: LocalStack, key: str, tag: str, **headers: str) -> openai.OpenAI:
@@ -40,8 +40,10 @@ def metric_value(stack: LocalStack, name: str, **labels: str) -> float:
         text = response.read().decode()
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
-        if line.startswith(name + "{"):
-            sample, _, value = line.rpartition(" ")
+        sample, _, value = line.rpartition(" ")
+        if sample == name and not want:
+            return float(value)
+        if sample.startswith(name + "{"):
             got = ",".join(sorted(sample[len(name) + 1 : -1].split(",")))
             if got == want:
                 return float(value)
@@ -91,14 +93,3 @@ def mock_stats(stack: LocalStack) -> dict[str, int]:
     with urllib.request.urlopen(url, timeout=10) as response:
         stats: dict[str, int] = json.loads(response.read())
     return stats
-
-
-def wait_until(condition: Callable[[], bool], *, seconds: float = 10.0) -> bool:
-    """Re-check `condition` until it holds (for effects that follow a disconnect, which
-    the server sees asynchronously). Bounded; returns whether it held."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        threading.Event().wait(0.02)
-    return condition()

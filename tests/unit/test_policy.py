@@ -22,6 +22,9 @@ from extproc.policy import (
     parse_documents,
 )
 from extproc.policy.loader import MAX_FILE_BYTES
+from extproc.policy.model import Algorithm
+
+BUCKET = Algorithm.BUCKET
 
 FIXTURES = Path(__file__).parent / "fixtures" / "policy"
 VALID = FIXTURES / "valid"
@@ -74,6 +77,11 @@ INVALID_CASES = [
     Case("default-max-tokens-too-large.yaml", 1, "spec.defaultMaxTokens", "got an integer 1000001"),
     Case("default-max-tokens-string.yaml", 1, "spec.defaultMaxTokens", "got a string '1024'"),
     Case("stream-reserve-tokens-zero.yaml", 1, "spec.streamReserveTokens", "between 1 and"),
+    Case("limit-algorithm-unknown.yaml", 1, "spec.limits[0].algorithm", "must be one of bucket"),
+    Case("limit-months-not-calendar.yaml", 1, "spec.limits[0].algorithm", "calendar algorithm"),
+    Case("limit-per-13-months.yaml", 1, "spec.limits[0].per", "between 1mo and 12mo"),
+    Case("time-zone-unknown.yaml", 1, "spec.timeZone", "unknown time zone"),
+    Case("limit-concurrent-with-algorithm.yaml", 1, "spec.limits[0].algorithm", "leases"),
     Case("limits-not-list.yaml", 1, "spec.limits", "must be a list, got a mapping"),
     Case("limit-not-mapping.yaml", 1, LIMIT0, "must be a mapping"),
     Case("limit-name-missing.yaml", 1, f"{LIMIT0}.name", "is required"),
@@ -181,12 +189,21 @@ def test_multi_document_file() -> None:
         name="team-a",
         namespace="team-a",
         limits=(
-            Limit(name="rpm", measure=Measure.REQUESTS, amount=600, period_s=60),
-            Limit(name="tpm", measure=Measure.TOKENS, amount=100_000, period_s=60),
+            # Sub-day rates default to a token bucket, longer budgets to calendar windows.
+            Limit(name="rpm", measure=Measure.REQUESTS, amount=600, period_s=60, algorithm=BUCKET),
+            Limit(
+                name="tpm", measure=Measure.TOKENS, amount=100_000, period_s=60, algorithm=BUCKET
+            ),
             Limit(name="daily", measure=Measure.TOKENS, amount=5_000_000, period_s=86_400),
-            Limit(name="burst", measure=Measure.REQUESTS, amount=20, period_s=30),
+            Limit(name="burst", measure=Measure.REQUESTS, amount=20, period_s=30, algorithm=BUCKET),
             Limit(name="month", measure=Measure.TOKENS, amount=90_000_000, period_s=2_592_000),
-            Limit(name="hourly", measure=Measure.REQUESTS, amount=5000, period_s=3600),
+            Limit(
+                name="hourly",
+                measure=Measure.REQUESTS,
+                amount=5000,
+                period_s=3600,
+                algorithm=BUCKET,
+            ),
             Limit(name="inflight", measure=Measure.CONCURRENT, amount=20, period_s=None),
         ),
         model_patterns=("gpt-4o*", "claude-*"),
@@ -199,7 +216,9 @@ def test_multi_document_file() -> None:
         name="billing-svc",
         namespace="team-a",
         sha256=SHA_A,
-        limits=(Limit(name="rpm", measure=Measure.REQUESTS, amount=60, period_s=60),),
+        limits=(
+            Limit(name="rpm", measure=Measure.REQUESTS, amount=60, period_s=60, algorithm=BUCKET),
+        ),
         source="team-a.yaml",
     )
     assert docs[3] == ApiKey(

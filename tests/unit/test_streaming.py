@@ -159,7 +159,7 @@ def test_debit_grows_the_reservation_all_or_nothing_without_a_second_lease() -> 
         assert first is not None
         grown = await backend.debit(first, Cost(tokens=50))
         assert grown.reservation is not None and grown.reservation.cost.tokens == 80
-        assert [s.used for s in grown.states] == [80]  # concurrency not taken again
+        assert [s.used for s in grown.states] == [80, 1]  # concurrency not taken again
         refused = await backend.debit(grown.reservation, Cost(tokens=21))
         assert refused.refusal is not None and refused.refusal.scoped == TPM
         await backend.settle(first, Cost(1, 60))  # settles against the grown cost

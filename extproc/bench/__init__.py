@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench` (numbers, not pass/fail tests)."""

@@ -1,0 +1,177 @@
+"""The quota store the processor talks to: Redis when there is one, with a circuit breaker
+and each policy's fail mode when it is away; the in-process store otherwise.
+
+Fail modes (per policy, `spec.failMode`):
+- `closed`: while the shared store is unreachable the request is refused with a
+  provider-format 503 naming the cause;
+- `open`: a local in-process limiter keeps enforcing the same limits, per sidecar.
+
+Bounded delay: Redis calls time out after `redis.DEFAULT_TIMEOUT_S` (250 ms). The first
+failure opens the breaker; from then on requests skip Redis entirely except one probe per
+`probe_interval_s` (1 s), whose success closes the breaker again — Redis coming back is
+noticed without a restart, and an outage costs at most one timeout per probe interval
+instead of one per request (no retry storm). Every transition is logged and counted.
+
+Settlements never get lost: one that cannot reach Redis is queued and replayed once the
+store answers again (settling is idempotent per request id, so a replay never counts twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from extproc.errors import QuotaStoreError, Unavailable
+from extproc.metrics import Metrics
+from extproc.policy.model import FailMode
+from extproc.quota.backend import Cost, Decision, QuotaBackend, Reservation
+from extproc.quota.memory import MemoryBackend
+from extproc.quota.windows import ScopedLimit
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+SHARED = "shared"
+MAX_QUEUED_SETTLEMENTS = 100_000
+
+
+class QuotaStore:
+    def __init__(
+        self,
+        *,
+        local: MemoryBackend,
+        shared: QuotaBackend | None,
+        metrics: Metrics,
+        probe_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._local = local
+        self._shared = shared
+        self._metrics = metrics
+        self._probe_interval_s = probe_interval_s
+        self._clock = clock
+        self._up = True
+        self._next_probe = 0.0
+        self._queued: deque[tuple[Reservation, Cost]] = deque(maxlen=MAX_QUEUED_SETTLEMENTS)
+        self._replaying: asyncio.Task[None] | None = None
+        metrics.store_up.set(1)
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def _try_shared(self) -> bool:
+        """Whether this call may use the shared store (always when up; one probe per
+        interval when down)."""
+        if self._shared is None:
+            return False
+        if self._up:
+            return True
+        now = self._clock()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + self._probe_interval_s
+        return True
+
+    def _mark(self, up: bool, cause: str = "") -> None:
+        if up == self._up:
+            return
+        self._up = up
+        self._metrics.store_up.set(1 if up else 0)
+        self._metrics.store_transitions.labels("up" if up else "down").inc()
+        if up:
+            log.warning("quota store reachable again; back to shared enforcement")
+            self._start_replay()
+        else:
+            self._next_probe = self._clock() + self._probe_interval_s
+            log.error("quota store unreachable (%s); applying each policy's fail mode", cause)
+
+    async def reserve(
+        self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost, fail_mode: FailMode
+    ) -> Decision:
+        if self._shared is None:
+            return await self._local.reserve(request_id, limits, cost)
+        if self._try_shared():
+            try:
+                decision = await self._shared.reserve(request_id, limits, cost)
+            except QuotaStoreError as exc:
+                self._mark(False, str(exc))
+            else:
+                self._mark(True)
+                return _tagged(decision, SHARED)
+        return _tagged(await self._fallback(request_id, limits, cost, fail_mode), LOCAL)
+
+    async def _fallback(
+        self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost, fail_mode: FailMode
+    ) -> Decision:
+        self._metrics.fail_mode_decisions.labels(fail_mode.value).inc()
+        if fail_mode is FailMode.CLOSED:
+            raise Unavailable(
+                "The quota store is unreachable and this namespace's policy fails closed; "
+                "the request was not forwarded. Retry shortly."
+            )
+        return await self._local.reserve(request_id, limits, cost)
+
+    async def debit(self, reservation: Reservation, extra: Cost, fail_mode: FailMode) -> Decision:
+        if reservation.origin != SHARED or self._shared is None:
+            return await self._local.debit(reservation, extra)
+        if self._try_shared():
+            try:
+                return _tagged(await self._shared.debit(reservation, extra), SHARED)
+            except QuotaStoreError as exc:
+                self._mark(False, str(exc))
+        self._metrics.fail_mode_decisions.labels(fail_mode.value).inc()
+        if fail_mode is FailMode.CLOSED:
+            raise Unavailable("The quota store became unreachable mid-stream.")
+        return await self._local.debit(reservation, extra)
+
+    async def settle(self, reservation: Reservation, actual: Cost) -> None:
+        if reservation.origin != SHARED or self._shared is None:
+            await self._local.settle(reservation, actual)
+            return
+        if self._try_shared():
+            try:
+                await self._shared.settle(reservation, actual)
+            except QuotaStoreError as exc:
+                self._mark(False, str(exc))
+            else:
+                self._mark(True)
+                return
+        self._queued.append((reservation, actual))
+        self._metrics.settlements_queued.set(len(self._queued))
+
+    async def release(self, reservation: Reservation) -> None:
+        await self.settle(reservation, Cost(requests=reservation.cost.requests))
+
+    def _start_replay(self) -> None:
+        if self._queued and (self._replaying is None or self._replaying.done()):
+            self._replaying = asyncio.get_running_loop().create_task(self._replay())
+
+    async def _replay(self) -> None:
+        assert self._shared is not None
+        while self._queued:
+            reservation, actual = self._queued[0]
+            try:
+                await self._shared.settle(reservation, actual)
+            except QuotaStoreError as exc:
+                self._mark(False, str(exc))
+                return
+            self._queued.popleft()
+            self._metrics.settlements_queued.set(len(self._queued))
+
+    async def aclose(self) -> None:
+        if self._up and self._queued:
+            await self._replay()
+        if self._shared is not None:
+            await self._shared.aclose()
+        await self._local.aclose()
+
+
+def _tagged(decision: Decision, origin: str) -> Decision:
+    if decision.reservation is None:
+        return decision
+    return replace(decision, reservation=replace(decision.reservation, origin=origin))

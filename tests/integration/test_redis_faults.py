@@ -1,0 +1,219 @@
+"""The Redis quota store under faults, with a real redis-server: killed and restarted,
+SCRIPT FLUSH mid-load, a sidecar killed with reservations outstanding. Each time the fail
+mode is honoured and nothing is lost or counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from extproc.errors import Unavailable
+from extproc.metrics import Metrics
+from extproc.policy.model import Algorithm, FailMode, Limit, Measure
+from extproc.quota import Cost, MemoryBackend, Scope, ScopedLimit
+from extproc.quota.failover import QuotaStore
+from extproc.quota.redis import RedisBackend, connect
+from tests.redis_server import RedisServer
+from tests.waiting import wait_until_async
+
+NS = Scope("faults")
+REQUESTS = ScopedLimit(NS, Limit("requests", Measure.REQUESTS, 1000, 86400, Algorithm.CALENDAR))
+TOKENS = ScopedLimit(NS, Limit("tokens", Measure.TOKENS, 10_000, 86400, Algorithm.CALENDAR))
+LIMITS = [REQUESTS, TOKENS]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    running = RedisServer(tmp_path).start()
+    yield running
+    running.stop()
+
+
+def make_store(server: RedisServer, metrics: Metrics, *, ttl: float = 600) -> QuotaStore:
+    shared = RedisBackend(connect(server.url, timeout_s=0.25), lease_ttl_s=ttl)
+    return QuotaStore(
+        local=MemoryBackend(lease_ttl_s=ttl), shared=shared, metrics=metrics, probe_interval_s=0.1
+    )
+
+
+async def used(server: RedisServer, limits: list[ScopedLimit]) -> list[int]:
+    """Counters as Redis holds them, read with a probe that takes nothing."""
+    probe = RedisBackend(connect(server.url), lease_ttl_s=600)
+    blocker = ScopedLimit(NS, Limit("blocker", Measure.REQUESTS, 0, 60, Algorithm.CALENDAR))
+    decision = await probe.reserve("probe", [*limits, blocker], Cost(1, 1, 1))
+    await probe.aclose()
+    return [s.used for s in decision.states[:-1]]
+
+
+def test_redis_down_fails_closed_then_recovers_without_losing_a_settlement(
+    server: RedisServer,
+) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        store = make_store(server, metrics)
+        before = (await store.reserve("a", LIMITS, Cost(1, 100), FailMode.CLOSED)).reservation
+        assert before is not None and before.origin == "shared"
+        server.kill()
+        await store.settle(before, Cost(1, 40))  # cannot reach Redis: queued, not lost
+        for _ in range(3):
+            with pytest.raises(Unavailable, match="fails closed"):
+                await store.reserve("b", LIMITS, Cost(1, 10), FailMode.CLOSED)
+        assert not store.up
+        assert metrics.store_transitions.labels("down")._value.get() == 1  # logged once
+        server.start()  # same socket: the probe notices, no restart of ours
+
+        async def back() -> bool:
+            try:
+                d = await store.reserve("c", LIMITS, Cost(1, 10), FailMode.CLOSED)
+            except Unavailable:
+                return False
+            return d.allowed
+
+        assert await wait_until_async(back)
+        assert store.up
+        await wait_until_async(lambda: _true(metrics.settlements_queued._value.get() == 0))
+        await store.aclose()
+
+    asyncio.run(scenario())
+    # Redis restarted empty (no persistence in the test): what it counts since is exact.
+    assert asyncio.run(used(server, LIMITS)) == [1, 10]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_a_frozen_redis_times_out_and_queued_settlements_replay_when_it_is_back(
+    server: RedisServer,
+) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        store = make_store(server, metrics)
+        held = [(await store.reserve(f"h{i}", LIMITS, Cost(1, 100), FailMode.OPEN)).reservation
+                for i in range(3)]  # fmt: skip
+        server.pause()
+        try:
+            for reservation in held:
+                assert reservation is not None
+                await store.settle(reservation, Cost(1, 30))  # times out: queued
+            assert metrics.settlements_queued._value.get() == 3
+            local = await store.reserve("during", LIMITS, Cost(1, 5), FailMode.OPEN)
+            assert local.reservation is not None and local.reservation.origin == "local"
+            await store.settle(local.reservation, Cost(1, 5))
+        finally:
+            server.resume()
+
+        async def replayed() -> bool:
+            await store.reserve("x", [], Cost(), FailMode.OPEN)  # any call probes the store
+            return store.up and metrics.settlements_queued._value.get() == 0
+
+        assert await wait_until_async(replayed)
+        await store.aclose()
+
+    asyncio.run(scenario())
+    # Each held reservation settled exactly once at its true cost; the fail-open request
+    # was counted by the local limiter only.
+    assert asyncio.run(used(server, LIMITS)) == [3, 90]
+
+
+def test_redis_down_fails_open_to_the_local_limiter(server: RedisServer) -> None:
+    tight = ScopedLimit(NS, Limit("three", Measure.REQUESTS, 3, 86400, Algorithm.CALENDAR))
+
+    async def scenario() -> None:
+        store = make_store(server, Metrics())
+        server.kill()
+        allowed = [
+            (await store.reserve(f"r{i}", [tight], Cost(1, 0), FailMode.OPEN)).allowed
+            for i in range(5)
+        ]
+        assert allowed == [True, True, True, False, False]  # same limits, enforced locally
+        await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_script_flush_mid_load_loses_nothing(server: RedisServer) -> None:
+    async def scenario() -> None:
+        backend = RedisBackend(connect(server.url), lease_ttl_s=600)
+        admin = aioredis.from_url(server.url)
+        for i in range(200):
+            if i in (50, 120):
+                await admin.script_flush()  # as after a restart or failover: NOSCRIPT next
+            decision = await backend.reserve(f"r{i}", LIMITS, Cost(1, 20))
+            assert decision.reservation is not None
+            await backend.settle(decision.reservation, Cost(1, 7))
+            await backend.settle(decision.reservation, Cost(1, 7))  # a retried settle
+        await backend.aclose()
+        await admin.aclose()
+
+    asyncio.run(scenario())
+    assert asyncio.run(used(server, LIMITS)) == [200, 1400]
+
+
+CRASHING_SIDECAR = textwrap.dedent(
+    """
+    import asyncio, sys
+    from extproc.policy.model import Limit, Measure, Algorithm
+    from extproc.quota import Cost, Scope, ScopedLimit
+    from extproc.quota.redis import RedisBackend, connect
+
+    async def main():
+        ns = Scope("faults")
+        day = Limit("tokens", Measure.TOKENS, 10000, 86400, Algorithm.CALENDAR)
+        limits = [ScopedLimit(ns, day), ScopedLimit(ns, Limit("five", Measure.CONCURRENT, 5, None))]
+        backend = RedisBackend(connect(sys.argv[1]), lease_ttl_s=float(sys.argv[2]))
+        for i in range(5):
+            assert (await backend.reserve(f"crash-{i}", limits, Cost(1, 1000))).allowed
+        print("reserved", flush=True)
+        sys.stdin.read()  # hold them until the test kills this process
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_reservations_of_a_killed_sidecar_expire_and_are_given_back(server: RedisServer) -> None:
+    five = ScopedLimit(NS, Limit("five", Measure.CONCURRENT, 5, None))
+    limits = [TOKENS, five]
+    sidecar = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_SIDECAR, server.url, "5.0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert sidecar.stdout is not None
+    assert sidecar.stdout.readline().strip() == "reserved"
+
+    async def held() -> None:
+        backend = RedisBackend(connect(server.url), lease_ttl_s=600)
+        full = await backend.reserve("now", limits, Cost(1, 10))
+        assert not full.allowed and full.refusal is not None
+        assert full.refusal.scoped == five  # all five leases still held
+        await backend.aclose()
+
+    asyncio.run(held())
+    sidecar.kill()  # a crash: nothing settles the five reservations
+    sidecar.wait(10)
+
+    async def scenario() -> None:
+        backend = RedisBackend(connect(server.url), lease_ttl_s=600)
+
+        async def given_back() -> bool:
+            decision = await backend.reserve("later", limits, Cost(1, 10))
+            if decision.reservation is not None:
+                await backend.settle(decision.reservation, Cost(1, 0))
+            return decision.allowed
+
+        assert await wait_until_async(given_back, seconds=15)
+        await backend.aclose()
+
+    asyncio.run(scenario())
+    # The 5 x 1000 reserved tokens came back; the requests stay counted.
+    assert asyncio.run(used(server, [TOKENS])) == [0]
