@@ -3,10 +3,11 @@ has `usd` limits — and then only with a price for the model, never a silent ze
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 
-from extproc.errors import PermissionDenied
-from extproc.policy.model import Measure
+from extproc.errors import ConfigError, PermissionDenied
+from extproc.policy.model import Measure, QuotaPolicy
 from extproc.pricing import Price, PriceTable
 from extproc.quota.backend import Cost
 from extproc.quota.windows import ScopedLimit
@@ -44,3 +45,21 @@ class Costing:
         """A stream's debit: `tokens` more generated tokens."""
         usd = 0 if self._price is None else self._price.cost_micros(0, tokens)
         return Cost(tokens=tokens, usd_micros=usd)
+
+
+def check_prices(policies: Iterable[QuotaPolicy], prices: PriceTable | None) -> None:
+    """Start-up check: a namespace with `usd` limits whose allow-list names an exact model
+    the table does not price would refuse every request for it; say so now. (Patterns can
+    only be checked per request: see `Costing.for_request`.)"""
+    for policy in policies:
+        if not any(limit.measure is Measure.USD for limit in policy.limits):
+            continue
+        for model in policy.model_patterns:
+            if not _WILDCARD.search(model) and (prices is None or prices.price_for(model) is None):
+                raise ConfigError(
+                    f"{policy.source}: namespace {policy.namespace!r} has usd limits but the "
+                    f"price table has no price for allowed model {model!r}"
+                )
+
+
+_WILDCARD = re.compile(r"[*?\[]")

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from extproc import mutations, tokens
+from extproc.costing import check_prices
 from extproc.credentials import Secret
 from extproc.errors import ConfigError
 from extproc.metrics import Metrics
@@ -96,6 +97,7 @@ def build_runtime(settings: ServeSettings) -> Runtime:
     tokens.use_vocab_dir(settings.vocab_dir)
     prices = load_price_table(settings.price_table) if settings.price_table else None
     snapshot = load_directory(settings.policy_dir, allow_usd=prices is not None)
+    check_prices(snapshot.policies.values(), prices)
     credentials: dict[str, Secret] = {}
     for upstream, source in settings.credentials.items():
         secret = source.load()

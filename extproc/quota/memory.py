@@ -19,9 +19,11 @@ from extproc.quota.meters import Leases, Meter, new_meter
 from extproc.quota.windows import ScopedLimit
 
 # A reservation nobody settles (a sidecar that crashed, a lost stream) is given back after
-# this long: its concurrency lease and its tokens. A stream's debits renew it.
+# this long: its concurrency lease and its tokens. A stream's debits renew it; a settle that
+# arrives later still charges the true cost.
 DEFAULT_LEASE_TTL_S = 600.0
 EXPIRE_BATCH = 50
+MAX_EXPIRED_REMEMBERED = 100_000
 
 
 class MemoryBackend(QuotaBackend):
@@ -36,6 +38,7 @@ class MemoryBackend(QuotaBackend):
         self._meters: dict[str, Meter] = {}  # limit key -> its meter
         self._open: dict[str, tuple[Reservation, float]] = {}  # id -> (it, lease deadline)
         self._deadlines: list[tuple[float, str]] = []
+        self._expired: dict[str, Reservation] = {}  # given back, awaiting a late settle
 
     def _meter(self, scoped: ScopedLimit) -> Meter:
         meter = self._meters.get(scoped.base_key)
@@ -79,6 +82,9 @@ class MemoryBackend(QuotaBackend):
             if need and not isinstance(meter, Leases):
                 meter.take(need, now)
         grown = replace(reservation, cost=reservation.cost + extra)
+        expired = self._expired.get(reservation.request_id)
+        if expired is not None:  # it still learns it, so that its late settle stays exact
+            self._expired[reservation.request_id] = replace(expired, cost=expired.cost + extra)
         if reservation.request_id in self._open:
             deadline = now + self._lease_ttl_s
             self._hold(grown, deadline)
@@ -96,9 +102,13 @@ class MemoryBackend(QuotaBackend):
         now = self._clock()
         self._expire(now)  # a settle after the lease expired must not count twice
         held = self._open.pop(reservation.request_id, None)
-        if held is None:
-            return  # already settled (or expired): settling twice must not count twice
-        self._correct(held[0], actual, now)
+        if held is not None:
+            self._correct(held[0], actual, now)
+            return
+        expired = self._expired.pop(reservation.request_id, None)
+        if expired is not None:  # a late settle: the true cost replaces what was given back
+            self._correct(expired, actual, now)
+        # else: settled already; settling twice must not count twice
 
     def _correct(self, reservation: Reservation, actual: Cost, now: float) -> None:
         for scoped, window in zip(reservation.limits, reservation.windows, strict=True):
@@ -120,8 +130,16 @@ class MemoryBackend(QuotaBackend):
             if held is not None and held[1] == deadline:  # not renewed since
                 given_back += 1
                 del self._open[request_id]
-                expired = held[0]
-                self._correct(expired, Cost(requests=expired.cost.requests), now)
+                charged = Cost(requests=held[0].cost.requests)
+                self._correct(held[0], charged, now)
+                self._remember_expired(replace(held[0], cost=charged))
+
+    def _remember_expired(self, reservation: Reservation) -> None:
+        """Kept (bounded) so that a settle arriving after the lease ran out still charges
+        the true cost — as the Redis script keeps the marked record."""
+        self._expired[reservation.request_id] = reservation
+        while len(self._expired) > MAX_EXPIRED_REMEMBERED:
+            self._expired.pop(next(iter(self._expired)))
 
     def open_reservations(self) -> int:
         return len(self._open)

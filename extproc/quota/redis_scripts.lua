@@ -159,12 +159,16 @@ local function give(kind, key, cap, period, window, delta, id)
   end
 end
 
--- a reservation record, applied with `actual` amounts (nil: give back all but requests) ---
+-- A reservation record, applied with `actual` amounts. With `actual` nil (the lease
+-- expired) everything but the requests is given back, and the record stays, marked, with
+-- what is still charged: a settle that arrives late (after an outage) then charges the true
+-- cost instead of being lost. Only a settle deletes a record, so settling stays idempotent.
 local function close(record_key, id, actual)
   local r = redis.call('HGETALL', record_key)
   if #r == 0 then return 0 end
   local f = {}
   for i = 1, #r, 2 do f[r[i]] = r[i + 1] end
+  if not actual and f.x == '1' then return 0 end
   for i = 1, tonumber(f.n) do
     local p = 'l' .. i
     local kind, reserved = f[p .. 'd'], tonumber(f[p .. 'a'])
@@ -172,8 +176,13 @@ local function close(record_key, id, actual)
     if actual then amount = actual[i] elseif f[p .. 'r'] == '1' then amount = reserved end
     give(kind, f[p .. 'k'], tonumber(f[p .. 'm']), tonumber(f[p .. 'p']),
       tonumber(f[p .. 'w']), amount - reserved, id)
+    if not actual then redis.call('HSET', record_key, p .. 'a', amount) end
   end
-  redis.call('DEL', record_key)
+  if actual then
+    redis.call('DEL', record_key)
+  else
+    redis.call('HSET', record_key, 'x', 1)
+  end
   return 1
 end
 
@@ -207,7 +216,8 @@ end
 
 -- A debit for a reservation that already ended (settled, or expired) still counts what
 -- is being delivered, but has no record or lease left to grow.
-local live = op == 'reserve' or redis.call('EXISTS', record_key) == 1
+local exists = op == 'reserve' or redis.call('EXISTS', record_key) == 1
+local live = op == 'reserve' or (exists and redis.call('HGET', record_key, 'x') ~= '1')
 
 -- reserve / debit: check everything first, then take everything (all or nothing) --------
 local used, resets, worst, worst_retry = {}, {}, 0, -1
@@ -240,7 +250,8 @@ for i = 1, n do
     end
   elseif need > 0 then
     take(kind, key, cap, period, need, c1, c2, c3, deadline)
-    if live then redis.call('HINCRBY', record_key, p .. 'a', need) end
+    -- an expired record still learns it, so that its late settle stays exact
+    if exists then redis.call('HINCRBY', record_key, p .. 'a', need) end
   end
   local u, reset = inspect(kind, key, cap, period, 0, c1, c2, c3)
   out[#out + 1] = u; out[#out + 1] = fmt(reset)

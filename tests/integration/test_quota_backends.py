@@ -567,9 +567,12 @@ def test_expired_reservation_gives_back_tokens_and_lease_but_keeps_the_request(
         clock.now = T0 + 30  # the deadline: the lease and the tokens come back
         b = allowed(await backend.reserve("b", limits, Cost(requests=1, tokens=5)))
         assert await counters(backend, limits) == {"rpd": 2, "daily": 5, "inflight": 1}
-        # ... and its late settle changes nothing: no charge, no second lease returned.
+        # ... and its late settle (after an outage) charges its true cost, returns no
+        # second lease, and only once.
         await backend.settle(a, Cost(requests=1, tokens=10))
-        assert await counters(backend, limits) == {"rpd": 2, "daily": 5, "inflight": 1}
+        assert await counters(backend, limits) == {"rpd": 2, "daily": 15, "inflight": 1}
+        await backend.settle(a, Cost(requests=1, tokens=10))
+        assert await counters(backend, limits) == {"rpd": 2, "daily": 15, "inflight": 1}
         refused(await backend.reserve("c", limits, Cost(requests=1, tokens=5)))
         await backend.settle(b, Cost(requests=1, tokens=5))
         allowed(await backend.reserve("c", limits, Cost(requests=1, tokens=5)))
@@ -692,10 +695,12 @@ def test_debit_after_the_reservation_ended_still_counts_what_is_delivered(
         before = 40 if ending == "settled" else 0
         grown = allowed(await backend.debit(reservation, Cost(tokens=10)))
         assert grown.cost == Cost(1, 50)
-        # counted, but no lease comes back to life and nothing is left to settle
+        # counted, and no lease comes back to life
         assert await counters(backend, limits) == {"tpm": before + 10, "inflight": 0}
         await backend.settle(grown, Cost(requests=1, tokens=5))
-        assert await counters(backend, limits) == {"tpm": before + 10, "inflight": 0}
+        # settled: nothing left to settle; expired: the late settle makes it exact
+        after = before + 10 if ending == "settled" else 5
+        assert await counters(backend, limits) == {"tpm": after, "inflight": 0}
         assert refused(await backend.debit(grown, Cost(tokens=100))).scoped == tpm
 
     backend_factory.run(clock, scenario, lease_ttl_s=30)
@@ -1007,6 +1012,7 @@ class _Entry:
     parts: dict[str, list[tuple[int, int]]]  # calendar limit -> (window, amount) counted
     deadline: float
     open: bool = field(default=True)
+    settled: bool = field(default=False)
 
 
 _TTL = 100.0
@@ -1032,8 +1038,9 @@ class _Model:
     window are held to the other backend instead): a calendar counter is the sum of what
     each reservation counted in the current window -- the estimate, plus debits, corrected
     to the actual cost by a settle in the same window, or to its requests alone when it
-    expires; the lease counter is the number of open reservations. Expiry happens when the
-    store is next called, as in both backends."""
+    expires (a later settle then charges the true cost over that); the lease counter is the
+    number of open reservations. Expiry happens when the store is next called, as in both
+    backends."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
@@ -1045,12 +1052,18 @@ class _Model:
     def expire(self) -> None:
         for entry in self.entries:
             if entry.open and entry.deadline <= self.clock.now:
-                self.close(entry, Cost(requests=entry.cost.requests))
+                charged = Cost(requests=entry.cost.requests)
+                self._correct(entry, charged)
+                entry.cost, entry.open = charged, False
 
     def close(self, entry: _Entry, actual: Cost) -> None:
-        if not entry.open:
+        """A settle: once per reservation, open or expired."""
+        if entry.settled:
             return
-        entry.open = False
+        self._correct(entry, actual)
+        entry.open, entry.settled = False, True
+
+    def _correct(self, entry: _Entry, actual: Cost) -> None:
         for scoped in _CALENDAR:
             name, measure = scoped.limit.name, scoped.limit.measure
             delta = actual.amount(measure) - entry.cost.amount(measure)
@@ -1070,10 +1083,12 @@ class _Model:
         return entry
 
     def debit(self, entry: _Entry, extra: Cost) -> None:
-        """Counted in the current window; an ended reservation is not revived or grown."""
+        """Counted in the current window; an expired reservation learns it (for its late
+        settle) but is not revived; a settled one is not grown."""
         if entry.open:
-            entry.cost = entry.cost + extra
             entry.deadline = self.clock.now + _TTL
+        if not entry.settled:
+            entry.cost = entry.cost + extra
         for scoped in _CALENDAR:
             need = extra.amount(scoped.limit.measure)
             if need:

@@ -217,3 +217,53 @@ def test_reservations_of_a_killed_sidecar_expire_and_are_given_back(server: Redi
     asyncio.run(scenario())
     # The 5 x 1000 reserved tokens came back; the requests stay counted.
     assert asyncio.run(used(server, [TOKENS])) == [0]
+
+
+def test_a_freeze_mid_load_counts_every_settlement_exactly_once(server: RedisServer) -> None:
+    """Twenty callers keep reserving and settling while Redis freezes and thaws under them:
+    calls fail over to the local limiter (fail open), queued settlements replay, and what
+    Redis holds at the end is exactly the true cost of what it admitted.
+
+    A reserve that timed out may still have run on the thawed server: its reservation is an
+    orphan nobody settles, so it expires (6 s lease here) and is given back — Redis holds the
+    exact total once the leases have run out."""
+    metrics = Metrics()
+    roomy = ScopedLimit(NS, Limit("roomy", Measure.TOKENS, 10**9, 86400, Algorithm.CALENDAR))
+
+    async def scenario() -> int:
+        store = make_store(server, metrics, ttl=6.0)
+        shared_cost = 0
+        stop = asyncio.Event()
+
+        async def caller(n: int) -> None:
+            nonlocal shared_cost
+            i = 0
+            while not stop.is_set():
+                i += 1
+                decision = await store.reserve(f"{n}-{i}", [roomy], Cost(1, 3), FailMode.OPEN)
+                assert decision.reservation is not None
+                await store.settle(decision.reservation, Cost(1, 2))
+                if decision.reservation.origin == "shared":
+                    shared_cost += 2
+
+        callers = [asyncio.create_task(caller(n)) for n in range(20)]
+        assert await wait_until_async(lambda: _true(shared_cost >= 200))
+        server.pause()
+        assert await wait_until_async(lambda: _true(not store.up))
+        server.resume()
+        assert await wait_until_async(lambda: _true(store.up and shared_cost >= 600))
+        stop.set()
+        await asyncio.gather(*callers)
+        assert await wait_until_async(lambda: _true(metrics.settlements_queued._value.get() == 0))
+        await store.aclose()
+        return shared_cost
+
+    shared_cost = asyncio.run(scenario())
+
+    async def exact() -> bool:
+        return await used(server, [roomy]) == [shared_cost]
+
+    assert asyncio.run(wait_until_async(exact, seconds=30)), (
+        asyncio.run(used(server, [roomy])),
+        shared_cost,
+    )

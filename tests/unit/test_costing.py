@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.costing import Costing
-from extproc.errors import PermissionDenied
-from extproc.policy.model import Algorithm, Limit, Measure
+from extproc.costing import Costing, check_prices
+from extproc.errors import ConfigError, PermissionDenied
+from extproc.policy.model import Algorithm, Limit, Measure, QuotaPolicy
 from extproc.pricing import PriceTable
 from extproc.quota import Cost, Scope, ScopedLimit
 
@@ -44,3 +44,17 @@ def test_estimate_actual_and_stream_debit_in_micro_dollars() -> None:
     # 400 of the prompt tokens were cached ($1.25/M): 600*2.5 + 400*1.25 + 100*10 = 3,000.
     assert costing.actual(1000, 100, cached=400) == Cost(1, 1100, 3000)
     assert costing.more_completion(64) == Cost(0, 64, 640)
+
+
+def test_start_up_check_names_an_allowed_model_without_a_price() -> None:
+    def policy(*models: str) -> QuotaPolicy:
+        return QuotaPolicy(
+            name="a", namespace="team-a", limits=tuple(s.limit for s in DOLLARS),
+            model_patterns=models, source="team-a.yaml",
+        )  # fmt: skip
+
+    check_prices([policy("gpt-4o", "claude-*")], TABLE)  # patterns are checked per request
+    with pytest.raises(ConfigError, match="no price for allowed model 'gpt-5-unpriced'"):
+        check_prices([policy("gpt-4o", "gpt-5-unpriced")], TABLE)
+    with pytest.raises(ConfigError, match=r"team-a\.yaml"):
+        check_prices([policy("gpt-4o")], None)
