@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -178,7 +179,7 @@ async def serve(
 
 
 def _announce(settings: ServeSettings, port: int, metrics_port: int | None, rt: Runtime) -> None:
-    ready = {"ext_proc": port, "metrics": metrics_port}
+    ready: dict[str, object] = {"ext_proc": port, "metrics": metrics_port}
     snapshot = rt.policies.current
     log.info(
         "serving ext_proc on %s:%d, metrics on %s; policy %s (%d namespaces, %d keys); "
@@ -191,9 +192,15 @@ def _announce(settings: ServeSettings, port: int, metrics_port: int | None, rt: 
         len(snapshot.keys_by_sha256),
         ", ".join(sorted(rt.credentials)) or "no upstream",
     )
-    if settings.ready_file is not None:
-        tmp = settings.ready_file.with_suffix(".tmp")
+    announce_ready(ready, settings.ready_file)
+
+
+def announce_ready(ready: dict[str, object], ready_file: Path | None) -> None:
+    """The ready signal supervisors wait for: one stdout line, and the file if asked for
+    (written atomically)."""
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(ready))
-        tmp.replace(settings.ready_file)
+        tmp.replace(ready_file)
     sys.stdout.write(f"tokengate ready {json.dumps(ready)}\n")
     sys.stdout.flush()

@@ -10,13 +10,11 @@ SIGTERM for a graceful drain, and reports ready once every worker serves.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import multiprocessing
 import os
 import signal
 import socket
-import sys
 import tempfile
 import threading
 from dataclasses import replace
@@ -26,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from extproc.errors import ConfigError
-from extproc.server import build_runtime, serve, serve_settings
+from extproc.server import announce_ready, build_runtime, serve, serve_settings
 from extproc.settings import Address, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -112,11 +110,7 @@ def _serve_metrics(settings: ServeSettings) -> int | None:
 
 
 def _announce(settings: ServeSettings, port: int, metrics_port: int | None) -> None:
-    ready = {"ext_proc": port, "metrics": metrics_port, "workers": settings.workers}
+    ready: dict[str, object] = {"ext_proc": port, "metrics": metrics_port,
+                                "workers": settings.workers}  # fmt: skip
     log.info("%d workers serving ext_proc on %s:%d", settings.workers, settings.ext_proc.host, port)
-    if settings.ready_file is not None:
-        tmp = settings.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(settings.ready_file)
-    sys.stdout.write(f"tokengate ready {json.dumps(ready)}\n")
-    sys.stdout.flush()
+    announce_ready(ready, settings.ready_file)
