@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 VOCAB  := .cache/tiktoken
 PYTEST_WORKERS ?= auto
 
-.PHONY: setup run test lint fmt clean
+.PHONY: setup run test lint fmt proto clean
 
 setup: $(VENV)/.installed $(VOCAB)/.complete
 
@@ -31,6 +31,10 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+# Our own gRPC API: regenerate after editing proto/ (a test fails while it is stale).
+proto: setup
+	$(BIN)/python -m extproc.control.protogen
 
 fmt: setup
 	$(BIN)/ruff check --fix .

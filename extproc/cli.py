@@ -99,6 +99,7 @@ tokengate is up. Envoy listens on {url}.
   Envoy admin      http://127.0.0.1:{admin}
   ext_proc         127.0.0.1:{ext_proc}
   metrics          http://127.0.0.1:{metrics}/metrics
+  control API      127.0.0.1:{control}  (token in {logs}/control-token)
   logs             {logs}
 
 Try it (the demo gateway key is {key}):
@@ -113,6 +114,9 @@ print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role":"user","
   python -c 'import anthropic; c = anthropic.Anthropic(base_url="{url}", api_key="{key}"); \\
 print(c.messages.create(model="claude-haiku-4-5", max_tokens=64, \\
 messages=[{{"role":"user","content":"Hi"}}]))'
+
+  TOKENGATE_CONTROL_TOKEN_FILE={logs}/control-token .venv/bin/tokengate ctl \\
+      --server 127.0.0.1:{control} usage demo
 
 Ctrl-C stops everything.
 """
@@ -143,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--ext-proc-port", type=int, default=50051)
     dev.add_argument("--metrics-port", type=int, default=9464)
     dev.set_defaults(func=_cmd_dev)
+    sub.add_parser("ctl", help="operate a running gateway (see `tokengate ctl --help`)")
     vocab = sub.add_parser("fetch-vocab", help="provision tiktoken vocab files")
     vocab.add_argument("--dest", default=".cache/tiktoken")
     vocab.set_defaults(func=_cmd_fetch_vocab)
@@ -150,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:
+        from extproc.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)

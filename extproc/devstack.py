@@ -114,6 +114,7 @@ class LocalStack:
     admin_port: int = 0
     ext_proc_port: int = 0
     metrics_port: int = 0
+    control_port: int = 0
     # Real provider keys; a provider without one is served by the mock provider.
     openai_api_key: str | None = None
     anthropic_api_key: str | None = None
@@ -123,6 +124,11 @@ class LocalStack:
     children: dict[str, Child] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     mock_key: str = field(default_factory=lambda: "mock-" + secrets.token_hex(8))
+    control_token: str = field(default_factory=lambda: "tgc-" + secrets.token_hex(16))
+
+    @property
+    def control_token_file(self) -> Path:
+        return self.run_dir / "control-token"
 
     @property
     def base_url(self) -> str:
@@ -181,8 +187,14 @@ class LocalStack:
             str(self.vocab_dir),
             "--max-body-bytes",
             str(self.max_body_bytes),
+            "--control-listen",
+            f"127.0.0.1:{self.ports.get('control', self.control_port)}",
+            "--control-token-file",
+            str(self.control_token_file),
             *self.extra_serve_args,
         ]
+        self.control_token_file.write_text(self.control_token)
+        self.control_token_file.chmod(0o600)
         keys = {
             "OPENAI_API_KEY": self.openai_api_key or self.mock_key,
             "ANTHROPIC_API_KEY": self.anthropic_api_key or self.mock_key,
@@ -197,6 +209,8 @@ class LocalStack:
         self.children["sidecar"] = child
         ready = json.loads(child.wait_ready())
         self.ports["ext_proc"], self.ports["metrics"] = ready["ext_proc"], ready["metrics"]
+        if ready.get("control"):
+            self.ports["control"] = ready["control"]
 
     def stop_sidecar(self) -> int:
         return self.children.pop("sidecar").stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -26,6 +27,7 @@ from extproc.errors import (
     PermissionDenied,
     Unavailable,
 )
+from extproc.events import Event
 from extproc.identity import Caller, identify
 from extproc.policy.model import QuotaPolicy
 from extproc.providers import ParsedRequest, Provider, Usage
@@ -93,7 +95,7 @@ class Processor:
         except ClientError as error:
             return self._refuse(error)
         upstream = self._endpoint.upstream if self._endpoint else endpoints.DEFAULT_UPSTREAM
-        secret = self._rt.credentials.get(upstream)
+        secret = self._rt.credentials.current.get(upstream)
         if secret is None:
             return self._refuse(Unavailable(f"no provider credential configured for {upstream}"))
         name = self._provider.credential_header
@@ -210,7 +212,14 @@ class Processor:
             raise PermissionDenied(
                 f"No QuotaPolicy governs namespace '{self._caller.namespace}'.", code="no_policy"
             )
-        self._limits = limits_for(self._policy, self._caller.key)
+        applied = self._rt.overrides.applied(self._caller.namespace, self._caller.key_name)
+        if applied.block is not None:
+            raise PermissionDenied(
+                f"Blocked by the platform team until {_iso(applied.block.expires_at)}: "
+                f"{applied.block.reason}",
+                code="blocked",
+            )
+        self._limits = limits_for(self._policy, self._caller.key, applied.extra)
 
     def _check_declared_length(self, headers: Mapping[str, str]) -> None:
         declared = headers.get("content-length")
@@ -234,10 +243,11 @@ class Processor:
         self._headers = ratelimit_headers(decision.states)
         if decision.refusal is not None:
             assert self._caller is not None
-            self._rt.metrics.refusals.labels(
-                self._caller.namespace, decision.refusal.scoped.limit.name
-            ).inc()
-            raise refusal_error(decision.refusal)
+            limit = decision.refusal.scoped.limit.name
+            self._rt.metrics.refusals.labels(self._caller.namespace, limit).inc()
+            error = refusal_error(decision.refusal)
+            self._publish("refusal", error.message, limit)
+            raise error
         self._reservation = decision.reservation
 
     async def _settle_from_body(self, body: bytes) -> None:
@@ -262,8 +272,10 @@ class Processor:
         record it."""
         assert self._reservation is not None
         reservation, self._reservation = self._reservation, None
-        await self._rt.store.settle(reservation, self._costing.actual(prompt, completion, cached))
+        actual = self._costing.actual(prompt, completion, cached)
+        await self._rt.store.settle(reservation, actual)
         if self._caller is not None:
+            self._rt.ledger.record(self._caller.namespace, self._caller.key_name, actual)
             self._rt.metrics.record_tokens(
                 self._caller.namespace, self._model, prompt=prompt, completion=completion,
                 source=source,
@@ -336,8 +348,15 @@ class Processor:
         self.outcome = "cut"
         assert self._caller is not None
         self._rt.metrics.streams_cut.labels(self._caller.namespace, limit).inc()
+        self._publish("cut", error.message, limit)
         await self._settle(self._prompt_tokens, stream.completion)
         return _body_reply(self._provider.stream_error(error))
+
+    def _publish(self, kind: str, message: str, limit: str) -> None:
+        assert self._caller is not None
+        self._rt.events.publish(
+            Event(kind, message, self._caller.namespace, self._caller.key_name or "", limit)
+        )
 
     def _refuse(self, error: ClientError) -> ep.ProcessingResponse:
         self.outcome = error.outcome
@@ -352,6 +371,10 @@ class Processor:
         """Last resort for a bug: a generic 500 in the provider's format, no internals."""
         log.error("internal error while processing a request", exc_info=exc)
         return self._refuse(InternalFailure("The gateway failed to process this request."))
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _body_reply(forward: bytes | None) -> ep.ProcessingResponse:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from extproc.credentials import Secret
+from extproc.control.ledger import Ledger
+from extproc.control.overrides import OverrideBook
+from extproc.events import EventBus
 from extproc.metrics import Metrics
 from extproc.policy.model import PolicySnapshot
 from extproc.pricing import PriceTable
 from extproc.quota.failover import QuotaStore
+from extproc.reload import CredentialsHolder
 from extproc.tokens import TokenCounter
 
 
@@ -38,10 +40,13 @@ class Runtime:
     policies: SnapshotHolder
     store: QuotaStore
     counter: TokenCounter
-    credentials: Mapping[str, Secret]  # Envoy cluster name -> provider key
+    credentials: CredentialsHolder  # Envoy cluster name -> provider key, swapped whole
     metrics: Metrics
     limits: Limits = field(default_factory=Limits)
     prices: PriceTable | None = None
+    events: EventBus = field(default_factory=EventBus)
+    overrides: OverrideBook = field(default_factory=OverrideBook)
+    ledger: Ledger = field(default_factory=Ledger)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: os.urandom(6).hex())
 

@@ -20,9 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from extproc import mutations, tokens
+from extproc.control.ledger import Ledger
+from extproc.control.overrides import OverrideBook
+from extproc.control.server import start_control
 from extproc.costing import check_prices
 from extproc.credentials import Secret
 from extproc.errors import ConfigError
+from extproc.events import EventBus
 from extproc.metrics import Metrics
 from extproc.policy import load_directory
 from extproc.pricing import load_price_table
@@ -30,6 +34,7 @@ from extproc.processor import Processor
 from extproc.quota import MemoryBackend
 from extproc.quota.failover import QuotaStore
 from extproc.quota.redis import RedisBackend, connect
+from extproc.reload import CredentialsHolder, Reloader
 from extproc.runtime import Limits, Runtime, SnapshotHolder
 from extproc.settings import ServeSettings
 
@@ -108,22 +113,26 @@ def build_runtime(settings: ServeSettings) -> Runtime:
     counter.warm_up()
     metrics = Metrics()
     metrics.policy_version.labels(snapshot.version).set(1)
-    shared = None
+    shared, client = None, None
     if settings.shared_store:
         client = connect(settings.quota_store, timeout_s=settings.store_timeout_s)
         shared = RedisBackend(client, lease_ttl_s=settings.lease_ttl_s)
+    events = EventBus()
     store = QuotaStore(
         local=MemoryBackend(lease_ttl_s=settings.lease_ttl_s), shared=shared, metrics=metrics,
-        probe_interval_s=settings.probe_interval_s,
+        probe_interval_s=settings.probe_interval_s, events=events,
     )  # fmt: skip
     return Runtime(
         policies=SnapshotHolder(snapshot),
         store=store,
         counter=counter,
-        credentials=credentials,
+        credentials=CredentialsHolder(credentials),
         metrics=metrics,
         limits=Limits(max_body_bytes=settings.max_body_bytes),
         prices=prices,
+        events=events,
+        overrides=OverrideBook(client=client),
+        ledger=Ledger(client=client),
     )
 
 
@@ -160,17 +169,32 @@ async def serve(
         metrics_port = httpd.server_port
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    reloader = Reloader(
+        policies=runtime.policies, policy_dir=settings.policy_dir,
+        allow_usd=runtime.prices is not None, prices=runtime.prices,
+        credentials=runtime.credentials, credential_sources=settings.credentials,
+        metrics=runtime.metrics, events=runtime.events, interval_s=settings.reload_interval_s,
+    )  # fmt: skip
+    control = await start_control(
+        settings, runtime, lambda: (reloader.last_error, reloader.last_reload_at)
+    )
+    upkeep = asyncio.get_running_loop().create_task(
+        _upkeep(runtime, reloader, settings.reload_interval_s)
+    )
     if on_ready is not None:
         on_ready(port)
     else:
-        _announce(settings, port, metrics_port, runtime)
+        _announce(settings, port, metrics_port, control[1] if control else None, runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", settings.grace_s)
+    upkeep.cancel()
     await health_servicer.enter_graceful_shutdown()
+    if control is not None:
+        await control[0].stop(1.0)
     await server.stop(settings.grace_s)
     if service.settling:
         await asyncio.wait(service.settling, timeout=settings.grace_s)
@@ -178,8 +202,24 @@ async def serve(
     runtime.counter.close()
 
 
-def _announce(settings: ServeSettings, port: int, metrics_port: int | None, rt: Runtime) -> None:
-    ready: dict[str, object] = {"ext_proc": port, "metrics": metrics_port}
+async def _upkeep(runtime: Runtime, reloader: Reloader, interval_s: float) -> None:
+    """Every interval: changed policies and key files in (hot reload), the fleet's overrides
+    in, this sidecar's spending out."""
+    while True:
+        try:
+            await reloader.check()
+            await runtime.overrides.refresh()
+            await runtime.ledger.flush()
+        except Exception:
+            log.exception("upkeep failed; retrying next interval")
+        await asyncio.sleep(interval_s)
+
+
+def _announce(
+    settings: ServeSettings, port: int, metrics_port: int | None, control_port: int | None,
+    rt: Runtime,
+) -> None:  # fmt: skip
+    ready: dict[str, object] = {"ext_proc": port, "metrics": metrics_port, "control": control_port}
     snapshot = rt.policies.current
     log.info(
         "serving ext_proc on %s:%d, metrics on %s; policy %s (%d namespaces, %d keys); "
@@ -190,7 +230,7 @@ def _announce(settings: ServeSettings, port: int, metrics_port: int | None, rt: 
         snapshot.version,
         len(snapshot.policies),
         len(snapshot.keys_by_sha256),
-        ", ".join(sorted(rt.credentials)) or "no upstream",
+        ", ".join(sorted(rt.credentials.current)) or "no upstream",
     )
     announce_ready(ready, settings.ready_file)
 

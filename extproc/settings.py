@@ -54,6 +54,11 @@ class ServeSettings:
     price_table: Path | None = None
     # Set for each worker of a multi-worker server: they share the port (SO_REUSEPORT).
     reuse_port: bool = False
+    # The control API: its own port, and the bearer token file (no file: no control API).
+    control: Address | None = Address("127.0.0.1", 50052)
+    control_token_file: Path | None = None
+    # How often the policy directory, credential files and overrides are checked.
+    reload_interval_s: float = 1.0
 
     @property
     def shared_store(self) -> bool:
@@ -134,6 +139,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between probes of a quota store that failed",
     )
     parser.add_argument(
+        "--control-listen",
+        default=_env("CONTROL_LISTEN", "127.0.0.1:50052"),
+        help="control API address, 'off' to disable",
+    )
+    parser.add_argument(
+        "--control-token-file",
+        default=_env("CONTROL_TOKEN_FILE", ""),
+        help="bearer token of the control API (a mounted Secret); without it no control API",
+    )
+    parser.add_argument(
+        "--reload-interval",
+        type=float,
+        default=float(_env("RELOAD_INTERVAL", "1")),
+        help="seconds between checks of policies, key files and overrides",
+    )
+    parser.add_argument(
         "--price-table",
         default=_env("PRICE_TABLE", ""),
         help="YAML price table (needed by usd limits)",
@@ -164,6 +185,11 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         store_timeout_s=args.store_timeout,
         probe_interval_s=args.probe_interval,
         price_table=Path(args.price_table) if args.price_table else None,
+        control=None
+        if args.control_listen == "off"
+        else Address.parse(args.control_listen, what="--control-listen"),
+        control_token_file=Path(args.control_token_file) if args.control_token_file else None,
+        reload_interval_s=args.reload_interval,
     )
     settings.validate()
     return settings

@@ -66,12 +66,21 @@ def _reserve_port(address: Address) -> socket.socket:
 def _supervise(settings: ServeSettings) -> int:
     holder = _reserve_port(settings.ext_proc)
     port = holder.getsockname()[1]
+    control_holder, control = None, None
+    if settings.control is not None and settings.control_token_file is not None:
+        control_holder = _reserve_port(settings.control)
+        control = Address(settings.control.host, control_holder.getsockname()[1])
     metrics_dir = tempfile.mkdtemp(prefix="tokengate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
     worker_settings = replace(
-        settings, ext_proc=Address(settings.ext_proc.host, port), metrics=None,
-        ready_file=None, workers=1, reuse_port=True,
-    )  # fmt: skip
+        settings,
+        ext_proc=Address(settings.ext_proc.host, port),
+        control=control,
+        metrics=None,
+        ready_file=None,
+        workers=1,
+        reuse_port=True,
+    )
     context = multiprocessing.get_context("spawn")
     ready: Queue[Any] = context.Queue()
     workers = [context.Process(target=_worker, args=(worker_settings, ready, i), daemon=False)
@@ -85,7 +94,7 @@ def _supervise(settings: ServeSettings) -> int:
         for _ in workers:
             ready.get(timeout=READY_TIMEOUT_S)
         metrics_port = _serve_metrics(settings)
-        _announce(settings, port, metrics_port)
+        _announce(settings, port, metrics_port, control.port if control else None)
         while not stop.wait(1.0):
             if any(not w.is_alive() for w in workers):
                 log.error("a worker exited; stopping the server")
@@ -97,6 +106,8 @@ def _supervise(settings: ServeSettings) -> int:
         for worker in workers:
             worker.join(settings.grace_s + 5)
         holder.close()
+        if control_holder is not None:
+            control_holder.close()
     return 0 if all(w.exitcode == 0 for w in workers) else 1
 
 
@@ -109,8 +120,14 @@ def _serve_metrics(settings: ServeSettings) -> int | None:
     return int(httpd.server_port)
 
 
-def _announce(settings: ServeSettings, port: int, metrics_port: int | None) -> None:
-    ready: dict[str, object] = {"ext_proc": port, "metrics": metrics_port,
-                                "workers": settings.workers}  # fmt: skip
+def _announce(
+    settings: ServeSettings, port: int, metrics_port: int | None, control_port: int | None
+) -> None:
+    ready: dict[str, object] = {
+        "ext_proc": port,
+        "metrics": metrics_port,
+        "control": control_port,
+        "workers": settings.workers,
+    }
     log.info("%d workers serving ext_proc on %s:%d", settings.workers, settings.ext_proc.host, port)
     announce_ready(ready, settings.ready_file)

@@ -69,6 +69,14 @@ def parse_documents(text: str, *, file: str, allow_usd: bool = False) -> list[Do
     return [located.obj for located in _parse(text, file=file, allow_usd=allow_usd)]
 
 
+def validate_file(text: str, *, file: str, allow_usd: bool = False) -> list[Document]:
+    """`parse_documents` plus the checks across documents that loading applies (a namespace
+    or key defined twice): what the control API's ValidatePolicy answers."""
+    located = _parse(text, file=file, allow_usd=allow_usd)
+    _index(located)
+    return [item.obj for item in located]
+
+
 def load_directory(
     path: Path, *, allow_usd: bool = False, now: Callable[[], float] = time.time
 ) -> PolicySnapshot:

@@ -3,21 +3,30 @@ and the `x-ratelimit-*` headers a response carries. Pure code, no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from extproc.errors import RateLimited
-from extproc.policy.model import ApiKey, Measure, QuotaPolicy
+from extproc.policy.model import ApiKey, Limit, Measure, QuotaPolicy
 from extproc.quota.backend import LimitState, Refusal
 from extproc.quota.windows import Scope, ScopedLimit, describe_limit_period, format_duration
 
 
-def limits_for(policy: QuotaPolicy, key: ApiKey | None) -> tuple[ScopedLimit, ...]:
-    """The namespace's limits, then the key's own limits layered under them."""
+def limits_for(
+    policy: QuotaPolicy, key: ApiKey | None, extra: Mapping[str, int] | None = None
+) -> tuple[ScopedLimit, ...]:
+    """The namespace's limits, then the key's own limits layered under them; `extra` raises
+    limits by name (an operator's temporary override)."""
     ns_scope, tz = Scope(policy.namespace), policy.time_zone
-    limits = [ScopedLimit(ns_scope, limit, tz) for limit in policy.limits]
+
+    def grown(limit: Limit) -> Limit:
+        more = extra.get(limit.name, 0) if extra else 0
+        return replace(limit, amount=limit.amount + more) if more else limit
+
+    limits = [ScopedLimit(ns_scope, grown(limit), tz) for limit in policy.limits]
     if key is not None:
         key_scope = Scope(policy.namespace, key.name)
-        limits.extend(ScopedLimit(key_scope, limit, tz) for limit in key.limits)
+        limits.extend(ScopedLimit(key_scope, grown(limit), tz) for limit in key.limits)
     return tuple(limits)
 
 

@@ -109,4 +109,13 @@ class QuotaBackend(abc.ABC):
         await self.settle(reservation, Cost(requests=reservation.cost.requests))
 
     @abc.abstractmethod
+    async def peek(self, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
+        """The limits' counters now, changing nothing (the control API's usage view)."""
+
+    @abc.abstractmethod
+    async def reset(self, limits: Sequence[ScopedLimit]) -> int:
+        """Forget the counters of `limits` (concurrency leases of requests in flight stay);
+        returns how many were reset."""
+
+    @abc.abstractmethod
     async def aclose(self) -> None: ...

@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from extproc.errors import QuotaStoreError, Unavailable
+from extproc.events import Event, EventBus
 from extproc.metrics import Metrics
 from extproc.policy.model import FailMode
-from extproc.quota.backend import Cost, Decision, QuotaBackend, Reservation
+from extproc.quota.backend import Cost, Decision, LimitState, QuotaBackend, Reservation
 from extproc.quota.memory import MemoryBackend
 from extproc.quota.windows import ScopedLimit
 
@@ -48,8 +49,10 @@ class QuotaStore:
         metrics: Metrics,
         probe_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        events: EventBus | None = None,
     ) -> None:
         self._local = local
+        self._events = events
         self._shared = shared
         self._metrics = metrics
         self._probe_interval_s = probe_interval_s
@@ -84,11 +87,15 @@ class QuotaStore:
         self._metrics.store_up.set(1 if up else 0)
         self._metrics.store_transitions.labels("up" if up else "down").inc()
         if up:
-            log.warning("quota store reachable again; back to shared enforcement")
+            message = "quota store reachable again; back to shared enforcement"
+            log.warning(message)
             self._start_replay()
         else:
             self._next_probe = self._clock() + self._probe_interval_s
-            log.error("quota store unreachable (%s); applying each policy's fail mode", cause)
+            message = f"quota store unreachable ({cause}); applying each policy's fail mode"
+            log.error(message)
+        if self._events is not None:
+            self._events.publish(Event("store_up" if up else "store_down", message))
 
     async def reserve(
         self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost, fail_mode: FailMode
@@ -143,6 +150,26 @@ class QuotaStore:
                 return
         self._queued.append((reservation, actual))
         self._metrics.settlements_queued.set(len(self._queued))
+
+    @property
+    def shared(self) -> bool:
+        return self._shared is not None
+
+    async def peek(self, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
+        """Counters for the control API: the shared store's, else (or while it is away)
+        this sidecar's local ones."""
+        if self._shared is not None and self._up:
+            try:
+                return await self._shared.peek(limits)
+            except QuotaStoreError as exc:
+                self._mark(False, str(exc))
+        return await self._local.peek(limits)
+
+    async def reset(self, limits: Sequence[ScopedLimit]) -> int:
+        reset = await self._local.reset(limits)
+        if self._shared is not None:
+            reset = await self._shared.reset(limits)
+        return reset
 
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, Cost(requests=reservation.cost.requests))

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from extproc.quota.backend import Cost, Decision, QuotaBackend, Reservation
+from extproc.policy.model import Algorithm, Limit
+from extproc.quota.backend import Cost, Decision, LimitState, QuotaBackend, Reservation
 from extproc.quota.limiter import decide, need_of, states
-from extproc.quota.meters import Leases, Meter, new_meter
+from extproc.quota.meters import Bucket, Calendar, Leases, Meter, new_meter
 from extproc.quota.windows import ScopedLimit
 
 # A reservation nobody settles (a sidecar that crashed, a lost stream) is given back after
@@ -24,6 +25,16 @@ from extproc.quota.windows import ScopedLimit
 DEFAULT_LEASE_TTL_S = 600.0
 EXPIRE_BATCH = 50
 MAX_EXPIRED_REMEMBERED = 100_000
+
+
+def _same_shape(meter: Meter, limit: Limit) -> bool:
+    if isinstance(meter, Leases):
+        return limit.algorithm is Algorithm.LEASE
+    if isinstance(meter, Calendar):
+        return limit.algorithm is Algorithm.CALENDAR and (
+            meter.limit.period_s, meter.limit.months) == (limit.period_s, limit.months)  # fmt: skip
+    kind = Algorithm.BUCKET if isinstance(meter, Bucket) else Algorithm.SLIDING
+    return limit.algorithm is kind and meter.period_s == limit.period_s
 
 
 class MemoryBackend(QuotaBackend):
@@ -41,9 +52,17 @@ class MemoryBackend(QuotaBackend):
         self._expired: dict[str, Reservation] = {}  # given back, awaiting a late settle
 
     def _meter(self, scoped: ScopedLimit) -> Meter:
+        """The limit's meter, following the limit as it is now: a reload or an extra-quota
+        override changes its amount (the count is kept), a changed algorithm or period
+        starts a new meter — as the Redis script, which is told the amount every call."""
+        limit = scoped.limit
         meter = self._meters.get(scoped.base_key)
-        if meter is None:
-            meter = self._meters[scoped.base_key] = new_meter(scoped.limit, scoped.time_zone)
+        if meter is None or not _same_shape(meter, limit):
+            meter = self._meters[scoped.base_key] = new_meter(limit, scoped.time_zone)
+        elif meter.capacity != limit.amount:
+            meter.capacity = limit.amount
+            if isinstance(meter, Calendar):
+                meter.limit = limit
         return meter
 
     async def reserve(self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost) -> Decision:
@@ -140,6 +159,18 @@ class MemoryBackend(QuotaBackend):
         self._expired[reservation.request_id] = reservation
         while len(self._expired) > MAX_EXPIRED_REMEMBERED:
             self._expired.pop(next(iter(self._expired)))
+
+    async def peek(self, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
+        now = self._clock()
+        return states(limits, [self._meter(s) for s in limits], now)
+
+    async def reset(self, limits: Sequence[ScopedLimit]) -> int:
+        reset = 0
+        for scoped in limits:
+            if scoped.limit.period_s is not None and scoped.base_key in self._meters:
+                del self._meters[scoped.base_key]
+                reset += 1
+        return reset
 
     def open_reservations(self) -> int:
         return len(self._open)

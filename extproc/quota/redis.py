@@ -86,6 +86,22 @@ class RedisBackend(QuotaBackend):
         needs = [need_of(s, actual) for s in reservation.limits]
         await self._run("settle", reservation.request_id, reservation.limits, needs)
 
+    async def peek(self, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
+        if not limits:
+            return ()
+        answer = await self._run("peek", "-", limits, [0] * len(limits))
+        held = Reservation("-", tuple(limits), (), Cost())
+        return _decision(answer, limits, [0] * len(limits), held).states
+
+    async def reset(self, limits: Sequence[ScopedLimit]) -> int:
+        keys = [s.base_key for s in limits if s.limit.period_s is not None]
+        if not keys:
+            return 0
+        try:  # one slot (the namespace's hash tag), so one DEL even on a Cluster
+            return int(await self._client.delete(*keys))
+        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+            raise QuotaStoreError(f"quota store reset failed: {type(exc).__name__}") from exc
+
     async def _run(
         self, op: str, request_id: str, limits: Sequence[ScopedLimit], needs: Sequence[int]
     ) -> Any:

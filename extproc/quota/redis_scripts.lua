@@ -10,7 +10,7 @@
 -- Expired reservations of the namespace are swept from KEYS[2]; their records and limit keys
 -- are named in the records themselves (same slot, by the hash tag).
 --
--- ARGV[1] op: reserve | debit | settle        ARGV[2] now override ("" = server TIME)
+-- ARGV[1] op: reserve | debit | settle | peek ARGV[2] now override ("" = server TIME)
 -- ARGV[3] request id                          ARGV[4] lease TTL seconds
 -- ARGV[5] the limits, `;`-separated, each 8 `,`-separated values (one argument instead of
 --   8 per limit: packing arguments is most of the client's cost per call):
@@ -229,7 +229,8 @@ for i = 1, n do
   if need > 0 and retry ~= nil and retry > worst_retry then worst, worst_retry = i, retry end
 end
 local out = {0, worst, fmt(worst_retry)}
-if worst > 0 then
+if worst > 0 or op == 'peek' then  -- peek: the states only, nothing taken (control API)
+  if op == 'peek' then out[1] = 1 end
   for i = 1, n do out[#out + 1] = used[i]; out[#out + 1] = fmt(resets[i]) end
   return out
 end

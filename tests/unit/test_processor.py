@@ -20,6 +20,7 @@ from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy
 from extproc.processor import Processor
 from extproc.quota import MemoryBackend
 from extproc.quota.failover import QuotaStore
+from extproc.reload import CredentialsHolder
 from extproc.runtime import Limits, Runtime, SnapshotHolder
 from extproc.tokens import TokenCounter
 from tests import envoy_messages as em
@@ -67,7 +68,7 @@ def runtime(vocab_dir: Path) -> Runtime:
         policies=SnapshotHolder(_snapshot()),
         store=QuotaStore(local=MemoryBackend(), shared=None, metrics=metrics),
         counter=TokenCounter(threads=1),
-        credentials={"openai": Secret("sk-provider")},
+        credentials=CredentialsHolder({"openai": Secret("sk-provider")}),
         metrics=metrics,
         limits=Limits(max_body_bytes=10_000),
     )
