@@ -5,12 +5,15 @@ without a restart, and a bad update changes nothing but is reported."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
+from extproc.ctl import main as ctl_main
 from extproc.devstack import LocalStack
 from extproc.policy import load_directory
 from tests.e2e.harness import client, metric_value, wait_until
@@ -92,8 +95,28 @@ def mounted(tmp_path: Path, vocab_dir: Path) -> Iterator[Mounted]:
     setup.stack.stop()
 
 
+def _policy_show(stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """What `tokengate ctl policy show --output json` says about the running sidecar."""
+    capsys.readouterr()
+    code = ctl_main(
+        [
+            "--server",
+            f"127.0.0.1:{stack.ports['control']}",
+            "--token-file",
+            str(stack.control_token_file),
+            "--output",
+            "json",
+            "policy",
+            "show",
+        ]
+    )
+    assert code == 0
+    shown: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return shown
+
+
 def test_policy_updates_apply_to_the_next_request_and_bad_ones_are_reported(
-    mounted: Mounted, tmp_path: Path, tag: str
+    mounted: Mounted, tmp_path: Path, tag: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert mounted.ask(tag).choices[0].message.content
 
@@ -114,6 +137,9 @@ def test_policy_updates_apply_to_the_next_request_and_bad_ones_are_reported(
         mounted.ask(tag)
     assert "'one-request'" in still.value.message  # the last good policy still enforced
     assert "keys.yaml (document 1): spec.limits[0].requests" in mounted.sidecar_log()
+    shown = _policy_show(mounted.stack, capsys)
+    assert "spec.limits[0].requests" in shown["last_reload_error"]
+    assert shown["version"] == one  # still the last good snapshot
 
     roomy = _version(ROOMY, tmp_path / "roomy")
     mounted.policies.write(ROOMY)
