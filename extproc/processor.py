@@ -191,7 +191,14 @@ class Processor:
         estimate beats losing usage."""
         if self._reservation is not None:
             if self._stream is not None:
-                await self._settle(self._prompt_tokens, self._stream.completion)
+                # The client may close as soon as it read the last event, before Envoy sent
+                # us end_of_stream: usage that already arrived still settles the stream.
+                usage = self._stream.reader.usage
+                self._rt.metrics.observe_count_error(self._model, self._stream.completion, usage)
+                if usage is None:
+                    await self._settle(self._prompt_tokens, self._stream.completion)
+                else:
+                    await self._settle_usage(usage)
             else:
                 reservation, self._reservation = self._reservation, None
                 await self._rt.store.settle(reservation, reservation.cost)
