@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -222,7 +221,7 @@ class Processor:
         applied = self._rt.overrides.applied(self._caller.namespace, self._caller.key_name)
         if applied.block is not None:
             raise PermissionDenied(
-                f"Blocked by the platform team until {_iso(applied.block.expires_at)}: "
+                f"Blocked by the platform team until {applied.block.expires_iso}: "
                 f"{applied.block.reason}",
                 code="blocked",
             )
@@ -378,10 +377,6 @@ class Processor:
         """Last resort for a bug: a generic 500 in the provider's format, no internals."""
         log.error("internal error while processing a request", exc_info=exc)
         return self._refuse(InternalFailure("The gateway failed to process this request."))
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _body_reply(forward: bytes | None) -> ep.ProcessingResponse:

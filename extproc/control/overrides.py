@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -33,6 +34,10 @@ class Override:
     amount: int  # extra: by how much
     expires_at: float
     reason: str
+
+    @property
+    def expires_iso(self) -> str:
+        return datetime.fromtimestamp(self.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     @property
     def field(self) -> str:

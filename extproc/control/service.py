@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -286,10 +285,6 @@ def _usage(scoped: ScopedLimit, used: int, reset_after: float) -> pb.LimitUsage:
         remaining=max(0, limit.amount - used),
         reset_seconds=reset_after,
     )
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _audit(action: str, caller: pb.Caller, **fields: object) -> None:
