@@ -16,11 +16,19 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from extproc.envoy_config import ANTHROPIC, OPENAI, LocalEnvoy, Upstream, render_local
+from extproc.envoy_config import (
+    ANTHROPIC,
+    OPENAI,
+    LocalEnvoy,
+    ServiceAccountTokens,
+    Upstream,
+    render_local,
+)
 
 READY_TIMEOUT_S = 60.0
 
@@ -121,6 +129,10 @@ class LocalStack:
     vocab_dir: Path = Path(".cache/tiktoken")
     max_body_bytes: int = 4 * 1024 * 1024
     extra_serve_args: tuple[str, ...] = ()
+    service_accounts: ServiceAccountTokens | None = None
+    # Another bootstrap (e.g. the Helm chart's), made once the mock's and the sidecar's
+    # ports are known; it gets those ports.
+    envoy_config: Callable[[Mapping[str, int]], str] | None = None
     children: dict[str, Child] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     mock_key: str = field(default_factory=lambda: "mock-" + secrets.token_hex(8))
@@ -217,14 +229,19 @@ class LocalStack:
 
     def _start_envoy(self) -> None:
         mock = Upstream.local(self.ports.get("mock", 0))
-        config = render_local(
-            LocalEnvoy(
-                listen_port=self.listen_port,
-                admin_port=self.admin_port,
-                ext_proc_port=self.ports["ext_proc"],
-                openai=OPENAI if self.openai_api_key else mock,
-                anthropic=ANTHROPIC if self.anthropic_api_key else mock,
-                buffer_limit_bytes=self.max_body_bytes + 65536,
+        config = (
+            self.envoy_config(self.ports)
+            if self.envoy_config
+            else render_local(
+                LocalEnvoy(
+                    listen_port=self.listen_port,
+                    admin_port=self.admin_port,
+                    ext_proc_port=self.ports["ext_proc"],
+                    openai=OPENAI if self.openai_api_key else mock,
+                    anthropic=ANTHROPIC if self.anthropic_api_key else mock,
+                    buffer_limit_bytes=self.max_body_bytes + 65536,
+                    service_accounts=self.service_accounts,
+                )
             )
         )
         config_path = self.run_dir / "envoy.yaml"

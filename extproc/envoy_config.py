@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from extproc.identity import JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY
+
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 REPLY_METADATA_NAMESPACE = "tokengate"
 ANTHROPIC_PATH_PREFIX = "/v1/messages"
@@ -47,6 +49,10 @@ _ENVOY_REPLIES: tuple[tuple[int, dict[str, Any] | None, str, str, str, str], ...
      "api_error", "upstream_unavailable", "api_error",
      "The upstream provider is unreachable through the gateway."),
     (504, None, "api_error", "upstream_timeout", "api_error", "The upstream provider timed out."),
+    (401, None, "invalid_request_error", "invalid_token", "authentication_error",
+     "The service-account token was rejected (%RESPONSE_CODE_DETAILS%)."),
+    (403, None, "invalid_request_error", "token_not_allowed", "permission_error",
+     "The service-account token is not allowed here (%RESPONSE_CODE_DETAILS%)."),
     (503, None, "api_error", "gateway_unavailable", "overloaded_error",
      "The tokengate policy sidecar is unavailable; the request was not forwarded "
      "(the gateway fails closed)."),
@@ -111,6 +117,59 @@ ANTHROPIC = Upstream(host="api.anthropic.com", port=443, tls=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceAccountTokens:
+    """Accept Kubernetes service-account tokens, verified by Envoy against this issuer."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks: str  # the issuer's JWKS document (public keys), inlined into the bootstrap
+
+
+def jwt_authn_filter(tokens: ServiceAccountTokens) -> dict[str, Any]:
+    """Verify a bearer that looks like a JWT; leave gateway keys to the sidecar.
+
+    A rule per header applies the provider only when that header carries a JWT-shaped
+    value, so a gateway key never reaches the verifier and a token never bypasses it. The
+    verified payload goes to dynamic metadata, which ext_proc forwards to the sidecar; the
+    token itself is removed (`forward: false`) before anything else sees it.
+    """
+    provider = {
+        "issuer": tokens.issuer,
+        "audiences": list(tokens.audiences),
+        "local_jwks": {"inline_string": tokens.jwks},
+        "from_headers": [
+            {"name": "authorization", "value_prefix": "Bearer "},
+            {"name": "x-api-key"},
+        ],
+        "forward": False,
+        "payload_in_metadata": JWT_PAYLOAD_KEY,
+        "clock_skew_seconds": 60,
+    }
+    rules = [
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": name, "string_match": {"safe_regex": {"regex": regex}}}],
+            },
+            "requires": {"provider_name": "kubernetes"},
+        }
+        for name, regex in (
+            ("authorization", r"^[Bb]earer +eyJ[^.]*\.[^.]+\.[^.]*$"),
+            ("x-api-key", r"^eyJ[^.]*\.[^.]+\.[^.]*$"),
+        )
+    ]
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3."
+            "JwtAuthentication",
+            "providers": {"kubernetes": provider},
+            "rules": rules,
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LocalEnvoy:
     """Values for `envoy/local.yaml`. Port 0 means 'pick a free one' (tests)."""
 
@@ -122,6 +181,7 @@ class LocalEnvoy:
     openai: Upstream = OPENAI
     anthropic: Upstream = ANTHROPIC
     buffer_limit_bytes: int = 4 * 1024 * 1024 + 65536
+    service_accounts: ServiceAccountTokens | None = None
 
 
 def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") -> str:
@@ -142,7 +202,17 @@ def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") 
         fields[f"{name}_discovery"] = "LOGICAL_DNS" if upstream.tls else "STATIC"
     config = yaml.safe_load(string.Template(template.read_text()).substitute(fields))
     _add_tls(config, upstreams.get)
+    if values.service_accounts is not None:
+        _add_jwt_authn(config, values.service_accounts)
     return json.dumps(config, indent=1)
+
+
+def _add_jwt_authn(config: dict[str, Any], tokens: ServiceAccountTokens) -> None:
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
+    ext_proc = filters[0]["typed_config"]
+    ext_proc["metadata_options"]["forwarding_namespaces"] = {"untyped": [JWT_METADATA_NAMESPACE]}
+    filters.insert(0, jwt_authn_filter(tokens))
 
 
 def _add_tls(config: dict[str, Any], upstream_of: Callable[[str], Upstream | None]) -> None:
@@ -162,3 +232,15 @@ def _add_tls(config: dict[str, Any], upstream_of: Callable[[str], Upstream | Non
                     },
                 },
             }
+
+
+CHART_MAPPERS = ENVOY_DIR.parent / "helm" / "tokengate" / "files" / "local-reply-mappers.json"
+
+
+def chart_mappers_text() -> str:
+    """The Helm chart's copy of `local_reply_mappers()`, one source for both configs."""
+    return json.dumps(local_reply_mappers(), separators=(",", ":")) + "\n"
+
+
+if __name__ == "__main__":  # `make chart-files`
+    CHART_MAPPERS.write_text(chart_mappers_text())

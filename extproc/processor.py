@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc import endpoints, mutations
@@ -27,7 +28,7 @@ from extproc.errors import (
     Unavailable,
 )
 from extproc.events import Event
-from extproc.identity import Caller, identify
+from extproc.identity import Caller, identify, service_account_from, verified_claims
 from extproc.policy.model import QuotaPolicy
 from extproc.providers import ParsedRequest, Provider, Usage
 from extproc.quota import (
@@ -78,7 +79,9 @@ class Processor:
 
     # -- phases ------------------------------------------------------------------------
 
-    async def on_request_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
+    async def on_request_headers(
+        self, msg: ep.HttpHeaders, metadata: base_pb2.Metadata | None = None
+    ) -> ep.ProcessingResponse:
         headers = header_map(msg)
         self._endpoint = endpoints.match(headers.get(":path", "/"))
         if self._endpoint is not None and headers.get(":method") != "POST":
@@ -86,7 +89,7 @@ class Processor:
         if self._endpoint is not None:
             self._provider = self._endpoint.provider
         try:
-            self._admit_caller(headers)
+            self._admit_caller(headers, verified_claims(metadata))
             if self._endpoint is None:
                 await self._reserve(Cost(requests=1))
             else:
@@ -208,10 +211,13 @@ class Processor:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _admit_caller(self, headers: Mapping[str, str]) -> None:
+    def _admit_caller(self, headers: Mapping[str, str], claims: Mapping[str, Any] | None) -> None:
         snapshot = self._rt.policies.current
         self._caller = identify(
-            snapshot, authorization=headers.get("authorization"), x_api_key=headers.get("x-api-key")
+            snapshot,
+            authorization=headers.get("authorization"),
+            x_api_key=headers.get("x-api-key"),
+            service_account=service_account_from(claims),
         )
         self._policy = snapshot.policies.get(self._caller.namespace)
         if self._policy is None:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from extproc.credentials import CredentialSource, Secret
 from extproc.errors import ConfigError
 from extproc.events import Event, EventBus
 from extproc.metrics import Metrics
-from extproc.policy import PolicySnapshot, load_directory
+from extproc.policy import PolicySnapshot, load_directories
 from extproc.pricing import PriceTable
 
 if TYPE_CHECKING:  # runtime.py imports this module for CredentialsHolder
@@ -77,7 +77,7 @@ class Reloader:
         self,
         *,
         policies: SnapshotHolder,
-        policy_dir: Path,
+        policy_dirs: Sequence[Path],
         allow_usd: bool,
         credentials: CredentialsHolder,
         credential_sources: Mapping[str, CredentialSource],
@@ -88,7 +88,7 @@ class Reloader:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policies = policies
-        self._policy_dir = policy_dir
+        self._policy_dirs = tuple(policy_dirs)
         self._allow_usd = allow_usd
         self._prices = prices
         self._credentials = credentials
@@ -139,11 +139,11 @@ class Reloader:
         return policies_changed or credentials_changed
 
     async def _check_policies(self) -> bool:
-        seen = fingerprint_directory(self._policy_dir)
+        seen = self._fingerprint()
         if seen == self._policy_print:
             return False
         snapshot = await asyncio.to_thread(self._load)
-        if fingerprint_directory(self._policy_dir) != seen:
+        if self._fingerprint() != seen:
             # Swapped while we read file by file: what we read may mix two versions (or name
             # a directory the kubelet just removed). Apply nothing; read again next round.
             return False
@@ -164,11 +164,16 @@ class Reloader:
         self._report("policy", f"policy {old.version} -> {snapshot.version}", ok=True)
         return True
 
+    def _fingerprint(self) -> Fingerprint:
+        return tuple(fingerprint_directory(path) for path in self._policy_dirs)
+
     def _load(self) -> PolicySnapshot | ConfigError:
         """In a worker thread. The error is returned: it counts only if the directory held
         still while we read it."""
         try:
-            snapshot = load_directory(self._policy_dir, allow_usd=self._allow_usd, now=self._clock)
+            snapshot = load_directories(
+                self._policy_dirs, allow_usd=self._allow_usd, now=self._clock
+            )
             if self._prices is not None:
                 check_prices(snapshot.policies.values(), self._prices)
         except ConfigError as exc:

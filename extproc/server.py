@@ -28,7 +28,7 @@ from extproc.credentials import Secret
 from extproc.errors import ConfigError
 from extproc.events import EventBus
 from extproc.metrics import Metrics
-from extproc.policy import load_directory
+from extproc.policy import load_directories
 from extproc.pricing import load_price_table
 from extproc.processor import Processor
 from extproc.quota import MemoryBackend
@@ -80,7 +80,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     yield mutations.extend_timeout_reply(self._rt.limits.slow_count_timeout_s)
                 started = time.perf_counter()
                 try:
-                    reply = await handler(processor, message)
+                    if phase == "request_headers":
+                        reply = await processor.on_request_headers(
+                            message, request.metadata_context
+                        )
+                    else:
+                        reply = await handler(processor, message)
                 except Exception as exc:  # noqa: BLE001 - a bug must still answer the client
                     reply = processor.internal_error(exc)
                 self._phase_seconds[phase].observe(time.perf_counter() - started)
@@ -102,7 +107,7 @@ def build_runtime(settings: ServeSettings) -> Runtime:
     it)."""
     tokens.use_vocab_dir(settings.vocab_dir)
     prices = load_price_table(settings.price_table) if settings.price_table else None
-    snapshot = load_directory(settings.policy_dir, allow_usd=prices is not None)
+    snapshot = load_directories(settings.policy_dirs, allow_usd=prices is not None)
     check_prices(snapshot.policies.values(), prices)
     credentials: dict[str, Secret] = {}
     for upstream, source in settings.credentials.items():
@@ -115,7 +120,11 @@ def build_runtime(settings: ServeSettings) -> Runtime:
     metrics.policy_version.labels(snapshot.version).set(1)
     shared, client = None, None
     if settings.shared_store:
-        client = connect(settings.quota_store, timeout_s=settings.store_timeout_s)
+        client = connect(
+            settings.quota_store,
+            timeout_s=settings.store_timeout_s,
+            password=settings.quota_store_password(),
+        )
         shared = RedisBackend(client, lease_ttl_s=settings.lease_ttl_s)
     events = EventBus()
     store = QuotaStore(
@@ -161,6 +170,7 @@ async def serve(
     port = server.add_insecure_port(str(settings.ext_proc))
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.ext_proc}")
+    probe = _health_server(settings, health_servicer)
     metrics_port = None
     if settings.metrics is not None:
         httpd, _ = start_http_server(
@@ -168,9 +178,11 @@ async def serve(
         )
         metrics_port = httpd.server_port
     await server.start()
+    if probe is not None:
+        await probe.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reloader = Reloader(
-        policies=runtime.policies, policy_dir=settings.policy_dir,
+        policies=runtime.policies, policy_dirs=settings.policy_dirs,
         allow_usd=runtime.prices is not None, prices=runtime.prices,
         credentials=runtime.credentials, credential_sources=settings.credentials,
         metrics=runtime.metrics, events=runtime.events, interval_s=settings.reload_interval_s,
@@ -196,10 +208,24 @@ async def serve(
     if control is not None:
         await control[0].stop(1.0)
     await server.stop(settings.grace_s)
+    if probe is not None:
+        await probe.stop(None)
     if service.settling:
         await asyncio.wait(service.settling, timeout=settings.grace_s)
     await runtime.store.aclose()
     runtime.counter.close()
+
+
+def _health_server(settings: ServeSettings, servicer: Any) -> Any | None:
+    """A second server with the same health servicer: kubelets probe the pod IP, and the
+    ext_proc port must not listen there (its replies carry provider keys)."""
+    if settings.health is None:
+        return None
+    server = grpc_aio.server(options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(str(settings.health)) == 0:
+        raise ConfigError(f"cannot listen on {settings.health}")
+    return server
 
 
 async def _upkeep(runtime: Runtime, reloader: Reloader, interval_s: float) -> None:

@@ -35,9 +35,11 @@ _STORE_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis
 class ServeSettings:
     ext_proc: Address = Address("127.0.0.1", 50051)
     metrics: Address | None = Address("127.0.0.1", 9464)
-    policy_dir: Path = Path("examples/policies")
+    policy_dirs: tuple[Path, ...] = (Path("examples/policies"),)
     vocab_dir: Path = Path(".cache/tiktoken")
     quota_store: str = "memory"
+    # Redis AUTH password (a mounted Secret), kept out of the URL and so out of `ps`.
+    quota_store_password_file: Path | None = None
     workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
     grace_s: float = 10.0
@@ -57,12 +59,24 @@ class ServeSettings:
     # The control API: its own port, and the bearer token file (no file: no control API).
     control: Address | None = Address("127.0.0.1", 50052)
     control_token_file: Path | None = None
+    # gRPC health only, for the kubelet's grpc probe: the ext_proc port stays on loopback.
+    health: Address | None = None
     # How often the policy directory, credential files and overrides are checked.
     reload_interval_s: float = 1.0
 
     @property
     def shared_store(self) -> bool:
         return self.quota_store != "memory"
+
+    def quota_store_password(self) -> str | None:
+        if self.quota_store_password_file is None:
+            return None
+        try:
+            return self.quota_store_password_file.read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(
+                f"--quota-store-password-file {self.quota_store_password_file}: {exc.strerror}"
+            ) from exc
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -98,9 +112,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("METRICS_LISTEN", "127.0.0.1:9464"),
         help="Prometheus /metrics address, 'off' to disable",
     )
-    parser.add_argument("--policy-dir", default=_env("POLICY_DIR", "examples/policies"))
+    parser.add_argument(
+        "--policy-dir",
+        action="append",
+        help="directory of policy files; repeat for several (default examples/policies, "
+        "TOKENGATE_POLICY_DIR, colon-separated)",
+    )
     parser.add_argument("--vocab-dir", default=_env("VOCAB_DIR", ".cache/tiktoken"))
     parser.add_argument("--quota-store", default=_env("QUOTA_STORE", "memory"))
+    parser.add_argument(
+        "--quota-store-password-file",
+        default=_env("QUOTA_STORE_PASSWORD_FILE", ""),
+        help="file holding the Redis password (a mounted Secret)",
+    )
     parser.add_argument("--workers", type=int, default=int(_env("WORKERS", "1")))
     parser.add_argument(
         "--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", str(4 * 1024 * 1024)))
@@ -144,6 +168,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="control API address, 'off' to disable",
     )
     parser.add_argument(
+        "--health-listen",
+        default=_env("HEALTH_LISTEN", "off"),
+        help="address serving only gRPC health (for Kubernetes grpc probes), 'off' by default",
+    )
+    parser.add_argument(
         "--control-token-file",
         default=_env("CONTROL_TOKEN_FILE", ""),
         help="bearer token of the control API (a mounted Secret); without it no control API",
@@ -170,9 +199,14 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     settings = ServeSettings(
         ext_proc=Address.parse(args.listen, what="--listen"),
         metrics=metrics,
-        policy_dir=Path(args.policy_dir),
+        policy_dirs=tuple(
+            Path(p) for p in args.policy_dir or _env("POLICY_DIR", "examples/policies").split(":")
+        ),
         vocab_dir=Path(args.vocab_dir),
         quota_store=args.quota_store,
+        quota_store_password_file=Path(args.quota_store_password_file)
+        if args.quota_store_password_file
+        else None,
         workers=args.workers,
         max_body_bytes=args.max_body_bytes,
         credentials={
@@ -189,6 +223,9 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         if args.control_listen == "off"
         else Address.parse(args.control_listen, what="--control-listen"),
         control_token_file=Path(args.control_token_file) if args.control_token_file else None,
+        health=None
+        if args.health_listen == "off"
+        else Address.parse(args.health_listen, what="--health-listen"),
         reload_interval_s=args.reload_interval,
     )
     settings.validate()

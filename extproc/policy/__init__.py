@@ -1,6 +1,6 @@
 """Quota policies: typed model, loader and validator (see `model` for the shapes)."""
 
-from extproc.policy.loader import load_directory, parse_documents
+from extproc.policy.loader import load_directories, load_directory, parse_documents
 from extproc.policy.model import (
     ApiKey,
     FailMode,
@@ -19,6 +19,7 @@ __all__ = [
     "PolicySnapshot",
     "Priority",
     "QuotaPolicy",
+    "load_directories",
     "load_directory",
     "parse_documents",
 ]

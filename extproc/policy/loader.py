@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -82,12 +82,24 @@ def load_directory(
 ) -> PolicySnapshot:
     """Build a snapshot from every policy file directly in `path`. Any problem raises, so a
     reload that fails keeps the previous snapshot in service rather than a partial one."""
+    return load_directories((path,), allow_usd=allow_usd, now=now)
+
+
+def load_directories(
+    paths: Sequence[Path], *, allow_usd: bool = False, now: Callable[[], float] = time.time
+) -> PolicySnapshot:
+    """One snapshot from several directories (in Kubernetes: the chart's own ConfigMap and
+    the ConfigMaps `policy-sync` collects). With more than one, files are named by their
+    full path, so the same file name in two directories stays two sources."""
     located: list[_Located] = []
     contents: list[tuple[str, bytes]] = []
-    for name, file_path in _policy_files(path):
-        raw = _read(file_path, name)
-        contents.append((name, raw))
-        located.extend(_parse(_decode(raw, name), file=name, allow_usd=allow_usd))
+    for path in paths:
+        prefix = f"{path}/" if len(paths) > 1 else ""
+        for base, file_path in _policy_files(path):
+            name = prefix + base
+            raw = _read(file_path, name)
+            contents.append((name, raw))
+            located.extend(_parse(_decode(raw, name), file=name, allow_usd=allow_usd))
     policies, keys = _index(located)
     return PolicySnapshot(
         policies=MappingProxyType(policies),

@@ -38,18 +38,20 @@ _KIND = {
 DEFAULT_TIMEOUT_S = 0.25
 
 
-def connect(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
+def connect(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, password: str | None = None) -> Any:
     """A client for `redis://`, `rediss://`, `unix://` or `redis+cluster://` (Cluster, TLS
-    with `rediss+cluster://`)."""
+    with `rediss+cluster://`). `password` is for a URL that carries none."""
     options: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "retry_on_timeout": False,  # the circuit breaker decides when to try again
         "health_check_interval": 30,
     }
+    if password is not None:
+        options["password"] = password
     if "+cluster://" in url:
         plain = url.replace("+cluster://", "://", 1)
-        return RedisCluster.from_url(plain, socket_timeout=timeout_s,
+        return RedisCluster.from_url(plain, socket_timeout=timeout_s, password=password,
                                      socket_connect_timeout=timeout_s)  # fmt: skip
     return aioredis.from_url(url, **options)
 

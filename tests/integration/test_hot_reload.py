@@ -143,7 +143,7 @@ class Setup:
         self.credentials = CredentialsHolder({"openai": first})
         self.reloader = Reloader(
             policies=self.holder,
-            policy_dir=self.volume.root,
+            policy_dirs=(self.volume.root,),
             allow_usd=False,
             credentials=self.credentials,
             credential_sources={"openai": self.source},
