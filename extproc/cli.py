@@ -4,6 +4,8 @@ tokengate serve          the ext_proc sidecar (what runs beside Envoy in product
 tokengate mock-provider  the OpenAI/Anthropic-compatible simulator
 tokengate dev            the whole local stack in the foreground (`make run`)
 tokengate fetch-vocab    provision tiktoken vocab files for offline use
+tokengate policy-sync    copy labelled policy ConfigMaps into a directory (Kubernetes)
+tokengate drain-envoy    the pod's preStop hook: drain Envoy, wait for requests in flight
 """
 
 from __future__ import annotations
@@ -53,6 +55,69 @@ def _cmd_fetch_vocab(args: argparse.Namespace) -> int:
     status = f"fetched {', '.join(written)}" if written else "already present"
     sys.stdout.write(f"tiktoken vocab in {args.dest}: {status}\n")
     return 0
+
+
+def _cmd_policy_sync(args: argparse.Namespace) -> int:
+    from extproc.policysync import run, settings_from_args
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run(settings)
+
+
+def _add_policy_sync(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Flags win over TOKENGATE_POLICY_SYNC_* variables; defaults are what a pod sees."""
+
+    def env(name: str, default: str) -> str:
+        return os.environ.get(f"TOKENGATE_POLICY_SYNC_{name}", default)
+
+    account = "/var/run/secrets/kubernetes.io/serviceaccount"
+    sync = sub.add_parser(
+        "policy-sync", help="copy labelled policy ConfigMaps into a policy directory"
+    )
+    sync.add_argument("--api-url", default=env("API_URL", "https://kubernetes.default.svc"))
+    sync.add_argument(
+        "--token-file",
+        default=env("TOKEN_FILE", f"{account}/token"),
+        help="bearer token, re-read on every connection ('' for none, e.g. kubectl proxy)",
+    )
+    sync.add_argument(
+        "--ca-file", default=env("CA_FILE", f"{account}/ca.crt"), help="'' for the system CAs"
+    )
+    sync.add_argument(
+        "--namespace",
+        default=env("NAMESPACE", ""),
+        help="the tokengate namespace (default: the pod's own); its ConfigMaps may govern any",
+    )
+    sync.add_argument(
+        "--all-namespaces",
+        action="store_true",
+        default=env("ALL_NAMESPACES", "") in ("1", "true"),
+        help="watch every namespace; a ConfigMap in namespace N may only govern N",
+    )
+    sync.add_argument("--selector", default=env("SELECTOR", "tokengate.dev/policy=true"))
+    sync.add_argument("--dest", default=env("DEST", ""), help="the policy directory to write")
+    sync.add_argument(
+        "--resync-seconds",
+        type=int,
+        default=int(env("RESYNC_SECONDS", "300")),
+        help="longest a watch request stays open before a new one",
+    )
+    sync.add_argument("--once", action="store_true", help="list once, write, exit")
+    sync.add_argument("--log-level", default=os.environ.get("TOKENGATE_LOG_LEVEL", "INFO"))
+    sync.set_defaults(func=_cmd_policy_sync)
+
+
+def _cmd_drain_envoy(args: argparse.Namespace) -> int:
+    from extproc.drain import EnvoyAdmin, drain
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    done_file = Path(args.done_file) if args.done_file else None
+    drain(EnvoyAdmin(args.admin), timeout_s=args.timeout, min_wait_s=args.min_wait,
+          done_file=done_file)  # fmt: skip
+    return 0  # a preStop hook that fails only delays the stop; the log says what happened
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -151,6 +216,15 @@ def _parser() -> argparse.ArgumentParser:
     vocab = sub.add_parser("fetch-vocab", help="provision tiktoken vocab files")
     vocab.add_argument("--dest", default=".cache/tiktoken")
     vocab.set_defaults(func=_cmd_fetch_vocab)
+    _add_policy_sync(sub)
+    drain = sub.add_parser("drain-envoy", help="preStop hook: drain Envoy, wait for requests")
+    drain.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT")
+    drain.add_argument("--timeout", type=float, default=300.0, help="seconds to wait at most")
+    drain.add_argument(
+        "--min-wait", type=float, default=5.0, help="seconds to wait at least (endpoint removal)"
+    )
+    drain.add_argument("--done-file", default="", help="touched when done (Envoy's hook waits)")
+    drain.set_defaults(func=_cmd_drain_envoy)
     return parser
 
 
