@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 VOCAB  := .cache/tiktoken
 PYTEST_WORKERS ?= auto
 
-.PHONY: setup run test lint fmt proto clean
+.PHONY: setup run test lint fmt proto chart-files clean
 
 setup: $(VENV)/.installed $(VOCAB)/.complete
 
@@ -35,6 +35,10 @@ test: lint
 # Our own gRPC API: regenerate after editing proto/ (a test fails while it is stale).
 proto: setup
 	$(BIN)/python -m extproc.control.protogen
+
+# The Helm chart's copy of the Envoy local-reply mappers (a test fails while it is stale).
+chart-files: setup
+	$(BIN)/python -m extproc.envoy_config
 
 fmt: setup
 	$(BIN)/ruff check --fix .
