@@ -170,7 +170,7 @@ async def serve(
     port = server.add_insecure_port(str(settings.ext_proc))
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.ext_proc}")
-    probe = _health_server(settings, health_servicer)
+    probe = health_server(settings, health_servicer)
     metrics_port = None
     if settings.metrics is not None:
         httpd, _ = start_http_server(
@@ -179,7 +179,7 @@ async def serve(
         metrics_port = httpd.server_port
     await server.start()
     if probe is not None:
-        await probe.start()
+        await probe[0].start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reloader = Reloader(
         policies=runtime.policies, policy_dirs=settings.policy_dirs,
@@ -209,23 +209,24 @@ async def serve(
         await control[0].stop(1.0)
     await server.stop(settings.grace_s)
     if probe is not None:
-        await probe.stop(None)
+        await probe[0].stop(None)
     if service.settling:
         await asyncio.wait(service.settling, timeout=settings.grace_s)
     await runtime.store.aclose()
     runtime.counter.close()
 
 
-def _health_server(settings: ServeSettings, servicer: Any) -> Any | None:
-    """A second server with the same health servicer: kubelets probe the pod IP, and the
-    ext_proc port must not listen there (its replies carry provider keys)."""
+def health_server(settings: ServeSettings, servicer: Any) -> tuple[Any, int] | None:
+    """A second server with the same health servicer, and its port: kubelets probe the pod
+    IP, and the ext_proc port must not listen there (its replies carry provider keys)."""
     if settings.health is None:
         return None
     server = grpc_aio.server(options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    if server.add_insecure_port(str(settings.health)) == 0:
+    port = server.add_insecure_port(str(settings.health))
+    if port == 0:
         raise ConfigError(f"cannot listen on {settings.health}")
-    return server
+    return server, port
 
 
 async def _upkeep(runtime: Runtime, reloader: Reloader, interval_s: float) -> None:
