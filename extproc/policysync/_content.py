@@ -1,9 +1,11 @@
 """From ConfigMaps to the files of the policy directory, and the rule that keeps one team's
 ConfigMap from governing another team's namespace.
 
-No I/O here, so every rule is unit-tested directly. Full validation of the documents stays
-with the sidecar's loader (it keeps the last good snapshot on invalid input); this module
-only parses enough YAML to know which namespaces a ConfigMap's documents claim to govern.
+No I/O here, so every rule is unit-tested directly. The sidecar's loader refuses a whole
+reload when any file is invalid (it keeps the last good snapshot), so a team's ConfigMap is
+also checked here with the loader's own validator and skipped when invalid: one team's typo
+must not freeze every other team's policy updates. The platform's own ConfigMaps (in the
+tokengate namespace) are left to the loader, whose refusal they should see.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from extproc.policy.loader import SUFFIXES
+from extproc.errors import ConfigError
+from extproc.policy.loader import SUFFIXES, validate_file
 
 # What the API server accepts as a namespace / object name, and as a ConfigMap data key. The
 # server enforces these; checking again keeps a path separator out of a file name even if a
@@ -66,7 +69,7 @@ def evaluate(cm: ConfigMap, *, home_namespace: str) -> Verdict:
     another namespace contributes nothing at all: a partial set would be just as wrong."""
     problem = _name_problem(cm)
     if problem is None and cm.namespace != home_namespace:
-        problem = foreign_problem(cm)
+        problem = foreign_problem(cm) or invalid_problem(cm)
     if problem is not None:
         return Verdict(files={}, problem=problem)
     files = {
@@ -110,6 +113,17 @@ def foreign_problem(cm: ConfigMap) -> str | None:
             if claimed != cm.namespace:
                 what = f"({_describe(doc)}) governs namespace {_short(claimed)}"
                 return _refusal(cm, key, index, what)
+    return None
+
+
+def invalid_problem(cm: ConfigMap) -> str | None:
+    """The loader's verdict on each policy key on its own (usd limits allowed: whether the
+    sidecar has a price table is its own check)."""
+    for key in sorted(filter(is_policy_key, cm.data)):
+        try:
+            validate_file(cm.data[key], file=key, allow_usd=True)
+        except ConfigError as exc:
+            return f"ConfigMap {cm.ref} skipped: invalid policy: {exc}"
     return None
 
 

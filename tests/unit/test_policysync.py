@@ -258,3 +258,20 @@ def test_backoff_doubles_up_to_the_cap_with_jitter_and_resets() -> None:
     assert all(4.0 <= d <= 8.0 for d in delays[3:])
     backoff.reset()
     assert 0.5 <= backoff.next() <= 1.0
+
+
+def test_an_invalid_team_config_map_is_skipped_not_passed_to_the_loader() -> None:
+    """One team's typo must not make the sidecar refuse everybody's reload."""
+    broken = (
+        "apiVersion: tokengate.dev/v1\nkind: QuotaPolicy\n"
+        "metadata: {name: team-b, namespace: team-b}\n"
+        "spec: {limits: [{name: rpm, requests: -5, per: 1m}]}\n"
+    )
+    verdict = evaluate(ConfigMap("team-b", "own", data={"p.yaml": broken}), home_namespace=HOME)
+    assert verdict.files == {}
+    assert verdict.problem is not None
+    assert "ConfigMap team-b/own skipped: invalid policy" in verdict.problem
+    assert "requests" in verdict.problem
+    # The platform's own ConfigMaps go to the loader as they are (it reports their errors).
+    home = evaluate(ConfigMap(HOME, "own", data={"p.yaml": broken}), home_namespace=HOME)
+    assert list(home.files) == [f"{HOME}__own__p.yaml"]
