@@ -25,7 +25,6 @@ from extproc.envoy_config import (
     ANTHROPIC,
     OPENAI,
     LocalEnvoy,
-    ServiceAccountTokens,
     Upstream,
     render_local,
 )
@@ -129,7 +128,6 @@ class LocalStack:
     vocab_dir: Path = Path(".cache/tiktoken")
     max_body_bytes: int = 4 * 1024 * 1024
     extra_serve_args: tuple[str, ...] = ()
-    service_accounts: ServiceAccountTokens | None = None
     # Another bootstrap (e.g. the Helm chart's), made once the mock's and the sidecar's
     # ports are known; it gets those ports.
     envoy_config: Callable[[Mapping[str, int]], str] | None = None
@@ -240,7 +238,6 @@ class LocalStack:
                     openai=OPENAI if self.openai_api_key else mock,
                     anthropic=ANTHROPIC if self.anthropic_api_key else mock,
                     buffer_limit_bytes=self.max_body_bytes + 65536,
-                    service_accounts=self.service_accounts,
                 )
             )
         )

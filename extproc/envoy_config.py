@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from extproc.identity import JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY
+from extproc.identity import JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY, JWT_SHAPE
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 REPLY_METADATA_NAMESPACE = "tokengate"
@@ -154,8 +154,8 @@ def jwt_authn_filter(tokens: ServiceAccountTokens) -> dict[str, Any]:
             "requires": {"provider_name": "kubernetes"},
         }
         for name, regex in (
-            ("authorization", r"^[Bb]earer +eyJ[^.]*\.[^.]+\.[^.]*$"),
-            ("x-api-key", r"^eyJ[^.]*\.[^.]+\.[^.]*$"),
+            ("authorization", f"^[Bb]earer +{JWT_SHAPE}$"),
+            ("x-api-key", f"^{JWT_SHAPE}$"),
         )
     ]
     return {

@@ -31,7 +31,10 @@ JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 JWT_PAYLOAD_KEY = "tokengate_service_account"
 
 _SUBJECT = re.compile(r"^system:serviceaccount:([a-z0-9.-]+):([a-z0-9.-]+)$")
-_JWT_SHAPE = re.compile(r"^eyJ[\w-]*\.[\w-]+\.[\w-]*$")
+# What Envoy's jwt_authn rules treat as a token to verify (a JSON header, three segments);
+# anything else presented as a bearer is a gateway key.
+JWT_SHAPE = r"eyJ[^.]*\.[^.]+\.[^.]*"
+_JWT_SHAPE = re.compile(f"^{JWT_SHAPE}$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,12 +40,14 @@ from extproc.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-_Handler = Callable[[Processor, Any], Awaitable[ep.ProcessingResponse]]
+_Handler = Callable[[Processor, ep.ProcessingRequest], Awaitable[ep.ProcessingResponse]]
+# Each phase's message, plus what else of the request it needs (the request headers carry
+# the metadata Envoy forwards: the verified service-account claims).
 _PHASES: dict[str, _Handler] = {
-    "request_headers": Processor.on_request_headers,
-    "request_body": Processor.on_request_body,
-    "response_headers": Processor.on_response_headers,
-    "response_body": Processor.on_response_body,
+    "request_headers": lambda p, r: p.on_request_headers(r.request_headers, r.metadata_context),
+    "request_body": lambda p, r: p.on_request_body(r.request_body),
+    "response_headers": lambda p, r: p.on_response_headers(r.response_headers),
+    "response_body": lambda p, r: p.on_response_body(r.response_body),
 }
 _TRAILERS = {
     "request_trailers": ep.ProcessingResponse(request_trailers=ep.TrailersResponse()),
@@ -75,17 +77,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     if phase in _TRAILERS:
                         yield _TRAILERS[phase]
                     continue
-                message = getattr(request, phase)
-                if phase == "request_body" and processor.needs_more_time(message):
+                if phase == "request_body" and processor.needs_more_time(request.request_body):
                     yield mutations.extend_timeout_reply(self._rt.limits.slow_count_timeout_s)
                 started = time.perf_counter()
                 try:
-                    if phase == "request_headers":
-                        reply = await processor.on_request_headers(
-                            message, request.metadata_context
-                        )
-                    else:
-                        reply = await handler(processor, message)
+                    reply = await handler(processor, request)
                 except Exception as exc:  # noqa: BLE001 - a bug must still answer the client
                     reply = processor.internal_error(exc)
                 self._phase_seconds[phase].observe(time.perf_counter() - started)

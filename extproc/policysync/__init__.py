@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from extproc.policysync._content import ConfigMap, Verdict, evaluate, file_name
-from extproc.policysync._kubeapi import ApiTarget, KubeApiError, KubeClient, ResourceExpired
+from extproc.policysync._content import ConfigMap, evaluate, file_name
+from extproc.policysync._kubeapi import ApiTarget, KubeApiError, KubeClient
 from extproc.policysync._settings import SyncSettings, settings_from_args
 from extproc.policysync._sync import Backoff, PolicySync
 from extproc.policysync._writer import AtomicDirectory
@@ -28,12 +28,8 @@ __all__ = [
     "AtomicDirectory",
     "Backoff",
     "ConfigMap",
-    "KubeApiError",
     "KubeClient",
     "PolicySync",
-    "ResourceExpired",
-    "SyncSettings",
-    "Verdict",
     "evaluate",
     "file_name",
     "run",

@@ -37,15 +37,19 @@ def own_stack(tmp_path: Path, vocab_dir: Path) -> Any:
     stack.stop()
 
 
-def test_drain_waits_for_the_stream_in_flight(own_stack: LocalStack, tag: str) -> None:
-    api = client(own_stack, "tg-e2e", tag, **{"x-mock-chunk-delay-ms": "100"})
+def _open_stream(stack: LocalStack, tag: str, *, tokens: int, chunk_delay_ms: int) -> Any:
+    """A streamed answer whose first chunk has arrived: it is in flight through Envoy."""
+    api = client(stack, "tg-e2e", tag, **{"x-mock-chunk-delay-ms": str(chunk_delay_ms)})
     stream = api.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=20,
-        stream=True, extra_headers={"x-mock-completion-tokens": "20"},
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=tokens,
+        stream=True, extra_headers={"x-mock-completion-tokens": str(tokens)},
     )  # fmt: skip
-    chunks = iter(stream)
-    first = next(chunks)  # the stream is open and in flight through Envoy
-    assert first.choices
+    assert next(iter(stream)).choices  # later iteration goes on from the second chunk
+    return stream
+
+
+def test_drain_waits_for_the_stream_in_flight(own_stack: LocalStack, tag: str) -> None:
+    chunks = _open_stream(own_stack, tag, tokens=20, chunk_delay_ms=100)
     admin = EnvoyAdmin(f"127.0.0.1:{own_stack.ports['admin']}")
     assert admin.active_requests() == 1
     done_file = own_stack.run_dir / "drain" / "done"
@@ -70,12 +74,7 @@ def test_drain_waits_for_the_stream_in_flight(own_stack: LocalStack, tag: str) -
 
 
 def test_drain_gives_up_at_its_timeout_and_still_signals(own_stack: LocalStack, tag: str) -> None:
-    api = client(own_stack, "tg-e2e", tag, **{"x-mock-chunk-delay-ms": "500"})
-    stream = api.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=40,
-        stream=True, extra_headers={"x-mock-completion-tokens": "40"},
-    )  # fmt: skip
-    next(iter(stream))
+    stream = _open_stream(own_stack, tag, tokens=40, chunk_delay_ms=500)
     done_file = own_stack.run_dir / "done"
     admin = EnvoyAdmin(f"127.0.0.1:{own_stack.ports['admin']}")
     result = drain(admin, timeout_s=0.5, min_wait_s=0, done_file=done_file, poll_s=0.05)

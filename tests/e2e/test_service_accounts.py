@@ -16,7 +16,7 @@ import pytest
 
 from extproc.devstack import LocalStack
 from tests.e2e.harness import anthropic_client, client, metric_value, mock_records, wait_until
-from tests.helm.chart import RELEASE, envoy_bootstrap, find, manifests
+from tests.helm.chart import envoy_bootstrap, mounted_policies
 from tests.jwt_issuer import AUDIENCE, Issuer
 
 pytestmark = pytest.mark.e2e
@@ -58,16 +58,6 @@ def _chart_envoy(ports: Mapping[str, int]) -> str:
     return json.dumps(bootstrap)
 
 
-def _chart_policies(directory: Path) -> Path:
-    """The chart's quota ConfigMap, as the kubelet would mount it."""
-    config_map = find(
-        manifests({"quotas": {"namespaces": QUOTAS}}), "ConfigMap", f"{RELEASE}-quotas"
-    )
-    directory.mkdir(parents=True)
-    (directory / "quotas.yaml").write_text(config_map["data"]["quotas.yaml"])
-    return directory
-
-
 @pytest.fixture(scope="module")
 def sa_stack(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterator[LocalStack]:
     root = tmp_path_factory.mktemp("sa")
@@ -79,7 +69,7 @@ def sa_stack(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Itera
         f"metadata: {{name: ci, namespace: team-keys}}\nspec: {{sha256: {digest}}}\n"
     )
     stack = LocalStack(
-        policy_dir=_chart_policies(root / "quotas"),
+        policy_dir=mounted_policies({"quotas": {"namespaces": QUOTAS}}, root / "quotas"),
         run_dir=root / "run",
         vocab_dir=vocab_dir,
         extra_serve_args=("--policy-dir", str(keys)),

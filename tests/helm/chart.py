@@ -107,6 +107,19 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
     return found[0]
 
 
+def mounted_policies(values: dict[str, Any], directory: Path) -> Path:
+    """The sidecar's policy directory as the kubelet mounts it: the keys of the quota
+    ConfigMap that the DaemonSet's `policies` volume selects."""
+    docs = manifests(values)
+    data = find(docs, "ConfigMap", f"{RELEASE}-quotas")["data"]
+    pod = find(docs, "DaemonSet")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "policies"]
+    directory.mkdir(parents=True, exist_ok=True)
+    for item in volume["configMap"]["items"]:
+        (directory / item["path"]).write_text(data[item["key"]])
+    return directory
+
+
 def envoy_bootstrap(values: dict[str, Any]) -> dict[str, Any]:
     config_map = find(manifests(values), "ConfigMap", f"{RELEASE}-envoy")
     bootstrap: dict[str, Any] = yaml.safe_load(config_map["data"]["envoy.yaml"])

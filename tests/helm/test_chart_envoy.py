@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from extproc.devstack import envoy_binary
 from extproc.envoy_config import (
     CHART_MAPPERS,
     LocalEnvoy,
@@ -25,6 +23,7 @@ from extproc.envoy_config import (
     chart_mappers_text,
     render_local,
 )
+from tests.envoy_check import envoy_validate
 from tests.helm.chart import JWKS, MODES, envoy_bootstrap, merged
 
 
@@ -48,16 +47,6 @@ def _self_signed(directory: Path) -> None:
     )
 
 
-def _envoy_validate(config: str, tmp_path: Path) -> None:
-    path = tmp_path / "envoy.yaml"
-    path.write_text(config)
-    done = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_real_envoy_accepts_the_chart_config(mode: str, tmp_path: Path) -> None:
     config = json.dumps(envoy_bootstrap(MODES[mode]))
@@ -65,7 +54,7 @@ def test_real_envoy_accepts_the_chart_config(mode: str, tmp_path: Path) -> None:
         # The pod mounts the listener's Secret there; here, a certificate made for the test.
         _self_signed(tmp_path)
         config = config.replace("/etc/envoy/tls/", f"{tmp_path}/")
-    _envoy_validate(config, tmp_path)
+    envoy_validate(config, tmp_path)
 
 
 def test_real_envoy_refuses_a_broken_chart_config(tmp_path: Path) -> None:
@@ -73,7 +62,7 @@ def test_real_envoy_refuses_a_broken_chart_config(tmp_path: Path) -> None:
     bootstrap = envoy_bootstrap({})
     bootstrap["static_resources"]["clusters"][0]["type"] = "NOT_A_TYPE"
     with pytest.raises(AssertionError):
-        _envoy_validate(json.dumps(bootstrap), tmp_path)
+        envoy_validate(json.dumps(bootstrap), tmp_path)
 
 
 def test_chart_reply_mappers_are_generated_from_python() -> None:

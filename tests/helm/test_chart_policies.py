@@ -14,25 +14,27 @@ import yaml
 from extproc.policy import load_directory
 from extproc.policy.model import Algorithm, FailMode, Measure, Priority
 from extproc.pricing import load_price_table
-from tests.helm.chart import KUBE_VERSIONS, MODES, RELEASE, find, manifests, render
+from tests.helm.chart import (
+    KUBE_VERSIONS,
+    MODES,
+    RELEASE,
+    find,
+    manifests,
+    mounted_policies,
+    render,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "kubernetes"
 
 
-def _write_config_map(values: dict[str, Any], directory: Path) -> Path:
-    """What the kubelet mounts: the keys the DaemonSet's `policies` volume selects."""
-    data = find(manifests(values), "ConfigMap", f"{RELEASE}-quotas")["data"]
-    directory.mkdir(exist_ok=True)
-    for key, text in data.items():
-        (directory / key).write_text(text)
-    return directory
-
-
 def test_quotas_from_values_load_with_the_expected_limits(tmp_path: Path) -> None:
-    directory = _write_config_map(MODES["usd-quotas"], tmp_path / "cm")
-    prices = load_price_table(directory / "prices.yaml")
-    (directory / "prices.yaml").unlink()  # mounted at its own path, not in the policy dir
-    snapshot = load_directory(directory, allow_usd=True)
+    values = MODES["usd-quotas"]
+    price_file = tmp_path / "prices.yaml"  # its own volume, beside the policy directory
+    price_file.write_text(
+        find(manifests(values), "ConfigMap", f"{RELEASE}-quotas")["data"]["prices.yaml"]
+    )
+    prices = load_price_table(price_file)
+    snapshot = load_directory(mounted_policies(values, tmp_path / "cm"), allow_usd=True)
     assert set(snapshot.policies) == {"team-a", "team-b"}
     team_a = snapshot.policies["team-a"]
     limits = {limit.name: limit for limit in team_a.limits}
@@ -61,7 +63,7 @@ def test_every_shorthand_and_raw_limits_render_to_loadable_limits(tmp_path: Path
         "limits": [{"name": "burst", "tokens": 8, "per": "10s", "algorithm": "sliding"}],
     }  # fmt: skip
     values = {"quotas": {"namespaces": {"team-c": quota}}}
-    snapshot = load_directory(_write_config_map(values, tmp_path / "cm"))
+    snapshot = load_directory(mounted_policies(values, tmp_path / "cm"))
     policy = snapshot.policies["team-c"]
     assert {x.name: x.amount for x in policy.limits} == {
         "requests-per-minute": 1, "requests-per-day": 2, "tokens-per-minute": 3,
@@ -73,7 +75,7 @@ def test_every_shorthand_and_raw_limits_render_to_loadable_limits(tmp_path: Path
 
 
 def test_no_namespaces_renders_an_empty_but_loadable_policy_file(tmp_path: Path) -> None:
-    assert load_directory(_write_config_map({}, tmp_path / "cm")).policies == {}
+    assert load_directory(mounted_policies({}, tmp_path / "cm")).policies == {}
 
 
 @pytest.mark.parametrize(

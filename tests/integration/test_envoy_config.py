@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from extproc.devstack import envoy_binary
 from extproc.envoy_config import LocalEnvoy, Upstream, render_local
+from tests.envoy_check import envoy_validate
 
 VARIANTS = {
     "mock-upstream": LocalEnvoy(openai=Upstream.local(8000), anthropic=Upstream.local(8000)),
@@ -19,17 +18,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_envoy_validates_the_rendered_config(tmp_path: Path, name: str) -> None:
-    path = tmp_path / "envoy.yaml"
-    path.write_text(render_local(VARIANTS[name]))
-    done = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "OK" in done.stdout + done.stderr
+    envoy_validate(render_local(VARIANTS[name]), tmp_path)
 
 
 def test_ext_proc_filter_fails_closed_and_only_asks_for_request_headers() -> None:
