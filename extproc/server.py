@@ -119,6 +119,7 @@ def build_runtime(settings: ServeSettings) -> Runtime:
         client = connect(
             settings.quota_store,
             timeout_s=settings.store_timeout_s,
+            max_in_flight=settings.store_connections,
             password=settings.quota_store_password(),
         )
         shared = RedisBackend(client, lease_ttl_s=settings.lease_ttl_s)
@@ -126,6 +127,7 @@ def build_runtime(settings: ServeSettings) -> Runtime:
     store = QuotaStore(
         local=MemoryBackend(lease_ttl_s=settings.lease_ttl_s), shared=shared, metrics=metrics,
         probe_interval_s=settings.probe_interval_s, events=events,
+        max_in_flight=settings.store_connections,
     )  # fmt: skip
     return Runtime(
         policies=SnapshotHolder(snapshot),

@@ -53,6 +53,8 @@ class ServeSettings:
     lease_ttl_s: float = 600.0
     store_timeout_s: float = 0.25
     probe_interval_s: float = 1.0
+    # Redis connections per worker; more calls than this wait (up to the timeout) for one.
+    store_connections: int = 32
     price_table: Path | None = None
     # Set for each worker of a multi-worker server: they share the port (SO_REUSEPORT).
     reuse_port: bool = False
@@ -93,6 +95,8 @@ class ServeSettings:
             )
         if self.lease_ttl_s <= 0 or self.store_timeout_s <= 0 or self.probe_interval_s <= 0:
             raise ConfigError("--lease-ttl, --store-timeout and --probe-interval must be > 0")
+        if self.store_connections < 1:
+            raise ConfigError("--store-connections must be at least 1")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
 
@@ -157,6 +161,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a quota-store call may take before the fail mode applies",
     )
     parser.add_argument(
+        "--store-connections",
+        type=int,
+        default=int(_env("STORE_CONNECTIONS", "32")),
+        help="Redis connections per worker (calls past it wait for one, up to the timeout)",
+    )
+    parser.add_argument(
         "--probe-interval",
         type=float,
         default=float(_env("PROBE_INTERVAL", "1")),
@@ -217,6 +227,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         log_level=args.log_level.upper(),
         lease_ttl_s=args.lease_ttl,
         store_timeout_s=args.store_timeout,
+        store_connections=args.store_connections,
         probe_interval_s=args.probe_interval,
         price_table=Path(args.price_table) if args.price_table else None,
         control=None

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from extproc.policy.model import Measure
 from extproc.quota.windows import ScopedLimit
 
+# Shared-store calls one worker keeps in flight (`--store-connections`): the quota store
+# queues past it (a semaphore, ~2 µs a call; BlockingConnectionPool costs ~11 µs) and the
+# Redis client's pool is sized to fit it. See `failover.py`.
+DEFAULT_MAX_IN_FLIGHT = 32
+
 
 @dataclass(frozen=True, slots=True)
 class Cost:

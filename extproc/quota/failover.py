@@ -12,6 +12,13 @@ failure opens the breaker; from then on requests skip Redis entirely except one 
 noticed without a restart, and an outage costs at most one timeout per probe interval
 instead of one per request (no retry storm). Every transition is logged and counted.
 
+Calls to the shared store wait for one of `max_in_flight` slots. redis-py fails a call
+outright once its pool is used up (100 connections by default): a burst of 1,000 streams on
+one worker reached that, and the errors opened the breaker for every caller (`make bench`).
+A slot wait has no timeout of its own: each call in flight ends within the store timeout,
+and once the breaker is open the waiters fall straight to their fail mode, so the bounded
+delay holds while a healthy store serves a burst in full.
+
 Settlements never get lost: one that cannot reach Redis is queued and replayed once the
 store answers again (settling is idempotent per request id, so a replay never counts twice).
 """
@@ -29,7 +36,14 @@ from extproc.errors import QuotaStoreError, Unavailable
 from extproc.events import Event, EventBus
 from extproc.metrics import Metrics
 from extproc.policy.model import FailMode
-from extproc.quota.backend import Cost, Decision, LimitState, QuotaBackend, Reservation
+from extproc.quota.backend import (
+    DEFAULT_MAX_IN_FLIGHT,
+    Cost,
+    Decision,
+    LimitState,
+    QuotaBackend,
+    Reservation,
+)
 from extproc.quota.memory import MemoryBackend
 from extproc.quota.windows import ScopedLimit
 
@@ -50,8 +64,11 @@ class QuotaStore:
         probe_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         events: EventBus | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
+        """`max_in_flight` must not exceed the connections the shared client may open."""
         self._local = local
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._events = events
         self._shared = shared
         self._metrics = metrics
@@ -102,14 +119,15 @@ class QuotaStore:
     ) -> Decision:
         if self._shared is None:
             return await self._local.reserve(request_id, limits, cost)
-        if self._try_shared():
-            try:
-                decision = await self._shared.reserve(request_id, limits, cost)
-            except QuotaStoreError as exc:
-                self._mark(False, str(exc))
-            else:
-                self._mark(True)
-                return _tagged(decision, SHARED)
+        async with self._slots:
+            if self._try_shared():
+                try:
+                    decision = await self._shared.reserve(request_id, limits, cost)
+                except QuotaStoreError as exc:
+                    self._mark(False, str(exc))
+                else:
+                    self._mark(True)
+                    return _tagged(decision, SHARED)
         return _tagged(await self._fallback(request_id, limits, cost, fail_mode), LOCAL)
 
     async def _fallback(
@@ -126,11 +144,12 @@ class QuotaStore:
     async def debit(self, reservation: Reservation, extra: Cost, fail_mode: FailMode) -> Decision:
         if reservation.origin != SHARED or self._shared is None:
             return await self._local.debit(reservation, extra)
-        if self._try_shared():
-            try:
-                return _tagged(await self._shared.debit(reservation, extra), SHARED)
-            except QuotaStoreError as exc:
-                self._mark(False, str(exc))
+        async with self._slots:
+            if self._try_shared():
+                try:
+                    return _tagged(await self._shared.debit(reservation, extra), SHARED)
+                except QuotaStoreError as exc:
+                    self._mark(False, str(exc))
         self._metrics.fail_mode_decisions.labels(fail_mode.value).inc()
         if fail_mode is FailMode.CLOSED:
             raise Unavailable("The quota store became unreachable mid-stream.")
@@ -140,14 +159,15 @@ class QuotaStore:
         if reservation.origin != SHARED or self._shared is None:
             await self._local.settle(reservation, actual)
             return
-        if self._try_shared():
-            try:
-                await self._shared.settle(reservation, actual)
-            except QuotaStoreError as exc:
-                self._mark(False, str(exc))
-            else:
-                self._mark(True)
-                return
+        async with self._slots:
+            if self._try_shared():
+                try:
+                    await self._shared.settle(reservation, actual)
+                except QuotaStoreError as exc:
+                    self._mark(False, str(exc))
+                else:
+                    self._mark(True)
+                    return
         self._queued.append((reservation, actual))
         self._metrics.settlements_queued.set(len(self._queued))
 
@@ -159,10 +179,11 @@ class QuotaStore:
         """Counters for the control API: the shared store's, else (or while it is away)
         this sidecar's local ones."""
         if self._shared is not None and self._up:
-            try:
-                return await self._shared.peek(limits)
-            except QuotaStoreError as exc:
-                self._mark(False, str(exc))
+            async with self._slots:
+                try:
+                    return await self._shared.peek(limits)
+                except QuotaStoreError as exc:
+                    self._mark(False, str(exc))
         return await self._local.peek(limits)
 
     async def reset(self, limits: Sequence[ScopedLimit]) -> int:
@@ -183,7 +204,8 @@ class QuotaStore:
         while self._queued:
             reservation, actual = self._queued[0]
             try:
-                await self._shared.settle(reservation, actual)
+                async with self._slots:
+                    await self._shared.settle(reservation, actual)
             except QuotaStoreError as exc:
                 self._mark(False, str(exc))
                 return

@@ -22,7 +22,15 @@ from redis.asyncio.cluster import RedisCluster
 
 from extproc.errors import QuotaStoreError
 from extproc.policy.model import Algorithm, Measure
-from extproc.quota.backend import Cost, Decision, LimitState, QuotaBackend, Refusal, Reservation
+from extproc.quota.backend import (
+    DEFAULT_MAX_IN_FLIGHT,
+    Cost,
+    Decision,
+    LimitState,
+    QuotaBackend,
+    Refusal,
+    Reservation,
+)
 from extproc.quota.limiter import need_of
 from extproc.quota.meters import calendar_window
 from extproc.quota.windows import KEY_PREFIX, ScopedLimit
@@ -36,11 +44,19 @@ _KIND = {
 }
 # Bounded delay per request when Redis is slow or gone: connect and answer timeouts.
 DEFAULT_TIMEOUT_S = 0.25
+# Connections past the quota calls' share (the quota store keeps `max_in_flight` calls in
+# flight), for the upkeep that shares the client: overrides refresh, ledger flush, reset.
+_SPARE_CONNECTIONS = 4
 
 
-def connect(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, password: str | None = None) -> Any:
+def connect(
+    url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, password: str | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+) -> Any:  # fmt: skip
     """A client for `redis://`, `rediss://`, `unix://` or `redis+cluster://` (Cluster, TLS
-    with `rediss+cluster://`). `password` is for a URL that carries none."""
+    with `rediss+cluster://`). `password` is for a URL that carries none. The pool fits
+    `max_in_flight` quota calls (redis-py fails a call past its pool instead of waiting),
+    and so does each of a Cluster client's per-node pools."""
     options: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
@@ -49,11 +65,13 @@ def connect(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, password: str | N
     }
     if password is not None:
         options["password"] = password
+    pool = max_in_flight + _SPARE_CONNECTIONS
     if "+cluster://" in url:
         plain = url.replace("+cluster://", "://", 1)
         return RedisCluster.from_url(plain, socket_timeout=timeout_s, password=password,
-                                     socket_connect_timeout=timeout_s)  # fmt: skip
-    return aioredis.from_url(url, **options)
+                                     socket_connect_timeout=timeout_s,
+                                     max_connections=max(100, pool))  # fmt: skip
+    return aioredis.from_url(url, max_connections=pool, **options)
 
 
 class RedisBackend(QuotaBackend):

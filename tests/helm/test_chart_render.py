@@ -124,6 +124,7 @@ def test_provider_and_redis_secrets_reach_the_sidecar_only() -> None:
     assert "--openai-api-key-file=/etc/tokengate/providers/openai/api-key" in args
     assert "--quota-store=redis://redis.data.svc:6379/0" in args
     assert "--quota-store-password-file=/etc/tokengate/redis/password" in args
+    assert "--store-connections=32" in args
     assert not any("sk-" in text for text in render(MODES["production"]).values())
 
 

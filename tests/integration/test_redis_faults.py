@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -123,6 +124,70 @@ def test_a_frozen_redis_times_out_and_queued_settlements_replay_when_it_is_back(
     # Each held reservation settled exactly once at its true cost; the fail-open request
     # was counted by the local limiter only.
     assert asyncio.run(used(server, LIMITS)) == [3, 90]
+
+
+def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing_closed(
+    server: RedisServer,
+) -> None:
+    """More calls at once than a worker keeps in flight (redis-py's pool fails a call past its
+    size: at 100 by default, which opened the breaker for every caller): they wait for a
+    slot, all are decided by Redis, and the worker never opens more connections than that."""
+    burst = 300
+    metrics = Metrics()
+
+    async def scenario() -> tuple[list[str], int]:
+        client = connect(server.url, timeout_s=0.25, max_in_flight=8)
+        shared = RedisBackend(client, lease_ttl_s=600)
+        store = QuotaStore(local=MemoryBackend(), shared=shared, metrics=metrics, max_in_flight=8)
+        decisions = await asyncio.gather(
+            *(store.reserve(f"b{i}", LIMITS, Cost(1, 1), FailMode.CLOSED) for i in range(burst))
+        )
+        probe = aioredis.Redis.from_url(server.url)
+        clients = await probe.info("clients")
+        await probe.aclose()
+        await asyncio.gather(*(store.settle(d.reservation, Cost(1, 1)) for d in decisions
+                               if d.reservation is not None))  # fmt: skip
+        await store.aclose()
+        origins = [d.reservation.origin if d.reservation else "refused" for d in decisions]
+        return origins, int(clients["connected_clients"])
+
+    origins, connected = asyncio.run(scenario())
+    assert origins == ["shared"] * burst
+    assert connected <= 8 + 1  # the calls' share of the pool, plus the client that asked
+    assert metrics.store_transitions.labels("down")._value.get() == 0
+    assert asyncio.run(used(server, LIMITS)) == [burst, burst]
+
+
+def test_a_burst_against_a_frozen_redis_waits_only_for_the_calls_in_flight(
+    server: RedisServer,
+) -> None:
+    """The bounded delay holds for calls queued behind the slots: once the calls in flight
+    time out and open the breaker, the waiters go to their fail mode without calling."""
+    calls = 0
+
+    class Counting(RedisBackend):
+        async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await super().reserve(*args, **kwargs)
+
+    async def scenario() -> list[BaseException | object]:
+        shared = Counting(connect(server.url, timeout_s=0.25, max_in_flight=8), lease_ttl_s=600)
+        store = QuotaStore(local=MemoryBackend(), shared=shared, metrics=Metrics(),
+                           probe_interval_s=60, max_in_flight=8)  # fmt: skip
+        await store.reserve("warm", [], Cost(), FailMode.CLOSED)  # connected before the freeze
+        server.pause()
+        try:
+            return await asyncio.gather(
+                *(store.reserve(f"f{i}", LIMITS, Cost(1, 1), FailMode.CLOSED) for i in range(100)),
+                return_exceptions=True,
+            )
+        finally:
+            server.resume()
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, Unavailable) for o in outcomes)
+    assert calls == 1 + 8  # the warm-up, then only the calls that held a slot
 
 
 def test_redis_down_fails_open_to_the_local_limiter(server: RedisServer) -> None:

@@ -34,6 +34,13 @@ def test_health_listener_is_off_unless_asked() -> None:
     assert on.health == Address("0.0.0.0", 50053)
 
 
+def test_store_connections_default_and_bounds() -> None:
+    assert _settings().store_connections == 32
+    assert _settings("--store-connections", "8").store_connections == 8
+    with pytest.raises(ConfigError, match="--store-connections"):
+        _settings("--store-connections", "0")
+
+
 def test_redis_password_comes_from_its_file(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
