@@ -174,6 +174,8 @@ class Processor:
         if self._reservation is not None:
             self._keep(msg.body)
             if msg.end_of_stream:
+                # Before the reply: a caller's next request, sent the moment it has this
+                # answer, must find its concurrency slot and unused tokens given back.
                 await self._settle_from_body(b"".join(self._answer))
         return mutations.RESPONSE_BODY_CONTINUE
 

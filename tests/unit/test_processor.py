@@ -163,6 +163,27 @@ def test_reserve_then_settle_with_provider_usage(runtime: Runtime) -> None:
     assert _used(runtime, "rpm") == 1
 
 
+def test_answer_is_settled_before_its_reply_so_the_next_call_finds_its_slot(
+    runtime: Runtime,
+) -> None:
+    """The caller may send its next request the instant it has the answer, before Envoy
+    closes the ext_proc stream: by then the concurrency slot (limit 1) and the unused part
+    of the reservation must already be given back."""
+
+    async def scenario() -> Any:
+        first, _ = await _admit(runtime)
+        await first.on_response_headers(em.response_headers(200))
+        await first.on_response_body(em.body(em.completion(PROMPT, 20)))
+        settled = _used(runtime, "tokens"), _used(runtime, "inflight")
+        _, reply = await _admit(runtime)  # `first.finish()` has not run yet
+        await first.finish()
+        return settled, reply
+
+    settled, reply = run(scenario())
+    assert settled == (PROMPT + 20, 0)
+    assert reply == mutations.REQUEST_BODY_CONTINUE
+
+
 def test_usage_is_read_from_an_answer_split_across_chunks(runtime: Runtime) -> None:
     answer = json.dumps(em.completion(PROMPT, 33)).encode()
 
