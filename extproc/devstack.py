@@ -97,6 +97,15 @@ class Child:
         return self.proc.returncode
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """Our environment for a child, minus any provider key (a child gets only what it is
+    handed) and with unbuffered output (ready lines arrive when printed)."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
 def _tokengate(*args: str) -> list[str]:
     return [sys.executable, "-m", "extproc", *args]
 
@@ -155,12 +164,6 @@ class LocalStack:
             raise
         return self
 
-    def _env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(extra)
-        return env
-
     def _start_upstream(self) -> None:
         if self.openai_api_key and self.anthropic_api_key:
             return
@@ -176,7 +179,7 @@ class LocalStack:
                 str(self.vocab_dir),
             ),
             log_dir=self.run_dir,
-            env=self._env(),
+            env=child_env(),
             ready_prefix="mock-provider listening on ",
         )
         self.children["mock"] = child
@@ -213,7 +216,7 @@ class LocalStack:
             "sidecar",
             _tokengate(*args),
             log_dir=self.run_dir,
-            env=self._env(**keys),
+            env=child_env(**keys),
             ready_prefix="tokengate ready ",
         )
         self.children["sidecar"] = child
@@ -256,7 +259,7 @@ class LocalStack:
             "warn",
         ]
         self.children["envoy"] = Child(
-            "envoy", cmd, log_dir=self.run_dir, env=self._env(), ready_prefix=None
+            "envoy", cmd, log_dir=self.run_dir, env=child_env(), ready_prefix=None
         )
         self._wait_envoy(admin_file)
 
@@ -266,12 +269,11 @@ class LocalStack:
         while time.monotonic() < deadline:
             if envoy.proc.poll() is not None:
                 raise StackError(f"envoy exited:\n{envoy.log_tail()}")
-            if admin_file.is_file() and admin_file.read_text().strip():
-                admin = admin_file.read_text().strip()
-                if _get(f"http://{admin}/ready") == "LIVE":
-                    self.ports["admin"] = int(admin.rsplit(":", 1)[1])
-                    self.ports["envoy"] = _listener_port(admin)
-                    return
+            admin = envoy_admin_ready(admin_file)
+            if admin is not None:
+                self.ports["admin"] = int(admin.rsplit(":", 1)[1])
+                self.ports["envoy"] = envoy_listener_port(admin, "llm")
+                return
             threading.Event().wait(0.05)  # poll interval for a process with no ready signal
         raise StackError(f"envoy not LIVE after {READY_TIMEOUT_S}s:\n{envoy.log_tail()}")
 
@@ -291,10 +293,16 @@ def _get(url: str) -> str | None:
         return None
 
 
-def _listener_port(admin: str) -> int:
+def envoy_admin_ready(admin_file: Path) -> str | None:
+    """Envoy's admin address once the admin says LIVE, else None."""
+    admin = admin_file.read_text().strip() if admin_file.is_file() else ""
+    return admin if admin and _get(f"http://{admin}/ready") == "LIVE" else None
+
+
+def envoy_listener_port(admin: str, name: str) -> int:
     raw = _get(f"http://{admin}/listeners?format=json")
     data: dict[str, Any] = json.loads(raw or "{}")
     for status in data.get("listener_statuses", []):
-        if status.get("name") == "llm":
+        if status.get("name") == name:
             return int(status["local_address"]["socket_address"]["port_value"])
-    raise StackError("envoy has no 'llm' listener")
+    raise StackError(f"envoy has no {name!r} listener")

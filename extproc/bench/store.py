@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from extproc.bench.procs import script_calls
 from extproc.devredis import RedisServer, free_port_pair
 from extproc.policy.model import Algorithm, Limit, Measure
 from extproc.quota import Cost, MemoryBackend, QuotaBackend, Scope, ScopedLimit
@@ -59,7 +60,7 @@ async def _evalsha_calls(url: str) -> int:
     client = aioredis.from_url(url)
     stats: dict[str, Any] = await client.info("commandstats")
     await client.aclose()
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return script_calls(stats)
 
 
 async def run(requests: int) -> dict[str, Any]:
