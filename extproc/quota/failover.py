@@ -19,8 +19,10 @@ A slot wait has no timeout of its own: each call in flight ends within the store
 and once the breaker is open the waiters fall straight to their fail mode, so the bounded
 delay holds while a healthy store serves a burst in full.
 
-Settlements never get lost: one that cannot reach Redis is queued and replayed once the
-store answers again (settling is idempotent per request id, so a replay never counts twice).
+Settlements never get lost: one that cannot reach Redis, or whose caller was cancelled
+mid-call, is queued and replayed once the store answers again (settling is idempotent per
+request id, so a replay never counts twice). A reserve whose answer never came is voided
+the same way, since Redis may have run it (see `_void`).
 """
 
 from __future__ import annotations
@@ -125,10 +127,26 @@ class QuotaStore:
                     decision = await self._shared.reserve(request_id, limits, cost)
                 except QuotaStoreError as exc:
                     self._mark(False, str(exc))
+                    self._void(request_id, limits)
+                except asyncio.CancelledError:  # the client left; the stream was cancelled
+                    self._void(request_id, limits)
+                    raise
                 else:
                     self._mark(True)
                     return _tagged(decision, SHARED)
         return _tagged(await self._fallback(request_id, limits, cost, fail_mode), LOCAL)
+
+    def _void(self, request_id: str, limits: Sequence[ScopedLimit]) -> None:
+        """A reserve whose answer never came may still have been run by Redis (it timed out,
+        or the caller was cancelled, after the command left). Left alone, it would hold its
+        concurrency lease and tokens until the lease expires (10 minutes by default): one Redis
+        stall of a few seconds locked every `concurrent: 1` caller out for that long. So a
+        settle of nothing goes into the settlement queue: it gives back all that reserve took,
+        or finds no record and does nothing. It goes out after the reserve did (while the
+        store is down, only once it answers again); should it still reach Redis first, on
+        another connection, it finds no record and the lease expires as before."""
+        void = Reservation(request_id, tuple(limits), (), Cost(), origin=SHARED)
+        self._queue(void, Cost())
 
     async def _fallback(
         self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost, fail_mode: FailMode
@@ -165,11 +183,21 @@ class QuotaStore:
                     await self._shared.settle(reservation, actual)
                 except QuotaStoreError as exc:
                     self._mark(False, str(exc))
+                except asyncio.CancelledError:  # it may not have landed: settle it again
+                    self._queue(reservation, actual)
+                    raise
                 else:
                     self._mark(True)
                     return
+        self._queue(reservation, actual)
+
+    def _queue(self, reservation: Reservation, actual: Cost) -> None:
+        """Settle later, in order; while the store is up, as soon as the replay task runs.
+        Safe to call from a cancelled task: it never waits."""
         self._queued.append((reservation, actual))
         self._metrics.settlements_queued.set(len(self._queued))
+        if self._up:
+            self._start_replay()
 
     @property
     def shared(self) -> bool:

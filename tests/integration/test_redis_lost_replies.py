@@ -1,0 +1,106 @@
+"""A quota-store call that Redis ran but whose answer the sidecar never read: the call timed
+out, or the caller's task was cancelled because the client left. The reservation it made
+must not stay charged until its lease expires (10 minutes): that turned a Redis stall of a
+few seconds into a 10-minute lock-out of every `concurrent: 1` caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from extproc.errors import Unavailable
+from extproc.metrics import Metrics
+from extproc.policy.model import FailMode, Limit, Measure
+from extproc.quota import Cost, MemoryBackend, ScopedLimit
+from extproc.quota.failover import QuotaStore
+from extproc.quota.redis import RedisBackend, connect
+from tests.integration.test_redis_faults import NS, REQUESTS, used
+from tests.redis_proxy import ReplyHoldingProxy
+from tests.redis_server import RedisServer
+from tests.waiting import wait_until_async
+
+ONE_AT_A_TIME = ScopedLimit(NS, Limit("one-at-a-time", Measure.CONCURRENT, 1, None))
+LIMITS = [REQUESTS, ONE_AT_A_TIME]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    running = RedisServer(tmp_path).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def proxy(server: RedisServer, tmp_path: Path) -> Iterator[ReplyHoldingProxy]:
+    running = ReplyHoldingProxy(server.socket, tmp_path).start()
+    yield running
+    running.stop()
+
+
+async def warm_store(proxy: ReplyHoldingProxy, metrics: Metrics, timeout_s: float) -> QuotaStore:
+    """A store through the proxy, its script loaded (the reserve is then one EVALSHA)."""
+    shared = RedisBackend(connect(proxy.url, timeout_s=timeout_s), lease_ttl_s=600)
+    store = QuotaStore(local=MemoryBackend(lease_ttl_s=600), shared=shared, metrics=metrics,
+                       probe_interval_s=0.05)  # fmt: skip
+    warm = (await store.reserve("warm", LIMITS, Cost(1), FailMode.CLOSED)).reservation
+    assert warm is not None
+    await store.settle(warm, Cost(1))
+    return store
+
+
+async def _is_set(proxy: ReplyHoldingProxy) -> bool:
+    return proxy.withheld.is_set()
+
+
+def test_a_reserve_redis_ran_for_a_cancelled_caller_is_given_back(
+    server: RedisServer, proxy: ReplyHoldingProxy
+) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        store = await warm_store(proxy, metrics, timeout_s=30)
+        proxy.hold_reply_to(b"reserve")
+        caller = asyncio.create_task(store.reserve("left", LIMITS, Cost(1, 10), FailMode.CLOSED))
+        assert await wait_until_async(lambda: _is_set(proxy))  # Redis ran it
+        caller.cancel()  # what grpc does to the handler when Envoy resets the stream
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+        async def given_back() -> bool:
+            return await used(server, LIMITS) == [1, 0]  # only the warm-up request counts
+
+        assert await wait_until_async(given_back), await used(server, LIMITS)
+        assert metrics.settlements_queued._value.get() == 0
+        await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_reserve_redis_ran_after_it_timed_out_is_given_back_once_the_store_answers(
+    server: RedisServer, proxy: ReplyHoldingProxy
+) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        store = await warm_store(proxy, metrics, timeout_s=1.0)
+        proxy.hold_reply_to(b"reserve")
+        with pytest.raises(Unavailable):
+            await store.reserve("late", LIMITS, Cost(1, 10), FailMode.CLOSED)
+        assert await wait_until_async(lambda: _is_set(proxy))  # Redis ran it
+        assert not store.up and metrics.settlements_queued._value.get() == 1
+        probes = 0
+
+        async def given_back() -> bool:
+            nonlocal probes
+            probes += 1  # any call probes the store; its success replays the queue
+            await store.reserve(f"probe-{probes}", [], Cost(), FailMode.OPEN)
+            return await used(server, LIMITS) == [1, 0]
+
+        assert await wait_until_async(given_back), await used(server, LIMITS)
+        assert store.up and metrics.settlements_queued._value.get() == 0
+        await store.aclose()
+
+    asyncio.run(scenario())

@@ -1,0 +1,103 @@
+"""A Unix-socket proxy in front of a real redis-server that can withhold one reply.
+
+It makes the case a frozen or killed Redis cannot: a command that Redis *ran* while its
+caller never heard back (the caller timed out, or its task was cancelled). Every command
+reaches Redis. After `hold_reply_to(marker)`, the first connection that sends a command
+containing `marker` gets no more replies: `withheld` is set when Redis's answer to it was
+kept back, which proves Redis ran it. Every other connection, including any the caller opens
+later, is forwarded as usual.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+
+class ReplyHoldingProxy:
+    def __init__(self, upstream: Path, directory: Path) -> None:
+        self.upstream = upstream
+        self.socket = directory / "proxy.sock"
+        self.withheld = threading.Event()
+        self._marker = b""
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def hold_reply_to(self, marker: bytes) -> None:
+        self.withheld.clear()
+        with self._lock:
+            self._marker = marker.lower()
+
+    def start(self) -> ReplyHoldingProxy:
+        self.socket.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.socket))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(str(self.upstream))
+            with self._lock:
+                self._open += [client, server]
+            held = threading.Event()
+            for target in (self._requests, self._replies):
+                threading.Thread(target=target, args=(client, server, held), daemon=True).start()
+
+    def _requests(
+        self, client: socket.socket, server: socket.socket, held: threading.Event
+    ) -> None:
+        tail = b""
+        while data := _recv(client):
+            seen, tail = (tail + data).lower(), data[-64:].lower()
+            with self._lock:
+                if self._marker and self._marker in seen:
+                    self._marker = b""
+                    held.set()
+            if not _send(server, data):
+                break
+        server.close()  # the client went away: so does its Redis connection, as in life
+
+    def _replies(self, client: socket.socket, server: socket.socket, held: threading.Event) -> None:
+        while data := _recv(server):
+            if held.is_set():
+                self.withheld.set()
+            elif not _send(client, data):
+                break
+        client.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def _send(sock: socket.socket, data: bytes) -> bool:
+    try:
+        sock.sendall(data)
+    except OSError:
+        return False
+    return True
