@@ -8,10 +8,6 @@ import asyncio
 import multiprocessing
 import random
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from extproc.policy.model import Algorithm, Limit, Measure
 from extproc.quota import Cost, Scope, ScopedLimit
@@ -62,13 +58,6 @@ def _threads(url: str, seeds: list[int], out: multiprocessing.Queue[tuple[int, i
         thread.join()
     for result in results:
         out.put(result)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    running = RedisServer(tmp_path).start()
-    yield running
-    running.stop()
 
 
 def test_contended_budget_is_exact_across_threads_and_processes(server: RedisServer) -> None:

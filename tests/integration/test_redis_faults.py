@@ -8,8 +8,6 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +26,6 @@ NS = Scope("faults")
 REQUESTS = ScopedLimit(NS, Limit("requests", Measure.REQUESTS, 1000, 86400, Algorithm.CALENDAR))
 TOKENS = ScopedLimit(NS, Limit("tokens", Measure.TOKENS, 10_000, 86400, Algorithm.CALENDAR))
 LIMITS = [REQUESTS, TOKENS]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    running = RedisServer(tmp_path).start()
-    yield running
-    running.stop()
 
 
 def make_store(server: RedisServer, metrics: Metrics, *, ttl: float = 600) -> QuotaStore:

@@ -27,13 +27,6 @@ LIMITS = [REQUESTS, ONE_AT_A_TIME]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    running = RedisServer(tmp_path).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
 def proxy(server: RedisServer, tmp_path: Path) -> Iterator[ReplyHoldingProxy]:
     running = ReplyHoldingProxy(server.socket, tmp_path).start()
     yield running
