@@ -53,7 +53,7 @@ class ServeSettings:
     lease_ttl_s: float = 600.0
     store_timeout_s: float = 0.25
     probe_interval_s: float = 1.0
-    # Redis connections per worker; more calls than this wait (up to the timeout) for one.
+    # Quota-store calls in flight per worker (its Redis connections); more wait for a slot.
     store_connections: int = 32
     price_table: Path | None = None
     # Set for each worker of a multi-worker server: they share the port (SO_REUSEPORT).
@@ -164,7 +164,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--store-connections",
         type=int,
         default=int(_env("STORE_CONNECTIONS", "32")),
-        help="Redis connections per worker (calls past it wait for one, up to the timeout)",
+        help="quota-store calls in flight per worker (Redis connections); more wait for a slot",
     )
     parser.add_argument(
         "--probe-interval",

@@ -17,7 +17,7 @@ from extproc.policy.model import FailMode, Limit, Measure
 from extproc.quota import Cost, MemoryBackend, ScopedLimit
 from extproc.quota.failover import QuotaStore
 from extproc.quota.redis import RedisBackend, connect
-from tests.integration.test_redis_faults import NS, REQUESTS, used
+from tests.integration.test_redis_faults import NS, REQUESTS, _true, used
 from tests.redis_proxy import ReplyHoldingProxy
 from tests.redis_server import RedisServer
 from tests.waiting import wait_until_async
@@ -44,10 +44,6 @@ async def warm_store(proxy: ReplyHoldingProxy, metrics: Metrics, timeout_s: floa
     return store
 
 
-async def _is_set(proxy: ReplyHoldingProxy) -> bool:
-    return proxy.withheld.is_set()
-
-
 def test_a_reserve_redis_ran_for_a_cancelled_caller_is_given_back(
     server: RedisServer, proxy: ReplyHoldingProxy
 ) -> None:
@@ -57,7 +53,7 @@ def test_a_reserve_redis_ran_for_a_cancelled_caller_is_given_back(
         store = await warm_store(proxy, metrics, timeout_s=30)
         proxy.hold_reply_to(b"reserve")
         caller = asyncio.create_task(store.reserve("left", LIMITS, Cost(1, 10), FailMode.CLOSED))
-        assert await wait_until_async(lambda: _is_set(proxy))  # Redis ran it
+        assert await wait_until_async(lambda: _true(proxy.withheld.is_set()))  # Redis ran it
         caller.cancel()  # what grpc does to the handler when Envoy resets the stream
         with pytest.raises(asyncio.CancelledError):
             await caller
@@ -82,7 +78,7 @@ def test_a_reserve_redis_ran_after_it_timed_out_is_given_back_once_the_store_ans
         proxy.hold_reply_to(b"reserve")
         with pytest.raises(Unavailable):
             await store.reserve("late", LIMITS, Cost(1, 10), FailMode.CLOSED)
-        assert await wait_until_async(lambda: _is_set(proxy))  # Redis ran it
+        assert await wait_until_async(lambda: _true(proxy.withheld.is_set()))  # Redis ran it
         assert not store.up and metrics.settlements_queued._value.get() == 1
         probes = 0
 
