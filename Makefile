@@ -33,15 +33,15 @@ test: lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # The gateway's cost against bare Envoy (README "Performance"); about 5 minutes, 2+ cores.
-# The load generator is C, built here with the machine's cc (see extproc/bench/loadgen.c).
+# The load generator is C, built here with the machine's cc (see extproc/dev/bench/loadgen.c).
 LOADGEN := .cache/bench/loadgen
 
-$(LOADGEN): extproc/bench/loadgen.c
+$(LOADGEN): extproc/dev/bench/loadgen.c
 	mkdir -p $(@D)
 	$(CC) -O2 -Wall -Wextra -o $@ $<
 
 bench: setup $(LOADGEN)
-	$(BIN)/python -m extproc.bench --loadgen $(LOADGEN) --out .cache/bench/results.json
+	$(BIN)/python -m extproc.dev.bench --loadgen $(LOADGEN) --out .cache/bench/results.json
 
 # Our own gRPC API: regenerate after editing proto/ (a test fails while it is stale).
 proto: setup
@@ -49,7 +49,7 @@ proto: setup
 
 # The Helm chart's copy of the Envoy local-reply mappers (a test fails while it is stale).
 chart-files: setup
-	$(BIN)/python -m extproc.envoy_config
+	$(BIN)/python -m extproc.kube.envoy_config
 
 fmt: setup
 	$(BIN)/ruff check --fix .

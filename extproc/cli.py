@@ -19,13 +19,13 @@ import threading
 from pathlib import Path
 
 from extproc.errors import ConfigError
-from extproc.settings import add_serve_arguments, serve_settings
+from extproc.serve.settings import add_serve_arguments, serve_settings
 
 DEMO_KEY = "tg-demo"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from extproc.workers import run
+    from extproc.serve.workers import run
 
     settings = serve_settings(args)
     logging.basicConfig(
@@ -35,8 +35,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_mock_provider(args: argparse.Namespace) -> int:
-    from extproc.mock_provider import run
-    from extproc.tokens import use_vocab_dir
+    from extproc.dev.mock_provider import run
+    from extproc.providers.tokens import use_vocab_dir
 
     use_vocab_dir(Path(args.vocab_dir))
     run(
@@ -49,7 +49,7 @@ def _cmd_mock_provider(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch_vocab(args: argparse.Namespace) -> int:
-    from extproc._vocab import fetch
+    from extproc.providers.vocab import fetch
 
     written = fetch(Path(args.dest))
     status = f"fetched {', '.join(written)}" if written else "already present"
@@ -58,7 +58,7 @@ def _cmd_fetch_vocab(args: argparse.Namespace) -> int:
 
 
 def _cmd_policy_sync(args: argparse.Namespace) -> int:
-    from extproc.policysync import run, settings_from_args
+    from extproc.kube.policysync import run, settings_from_args
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -111,7 +111,7 @@ def _add_policy_sync(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _cmd_drain_envoy(args: argparse.Namespace) -> int:
-    from extproc.drain import EnvoyAdmin, drain
+    from extproc.kube.drain import EnvoyAdmin, drain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     done_file = Path(args.done_file) if args.done_file else None
@@ -121,7 +121,7 @@ def _cmd_drain_envoy(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from extproc.devstack import LocalStack
+    from extproc.dev.stack import LocalStack
 
     run_dir = Path(tempfile.mkdtemp(prefix="tokengate-dev-"))
     stack = LocalStack(
@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctl"]:
-        from extproc.ctl import main as ctl_main
+        from extproc.ctl.main import main as ctl_main
 
         return ctl_main(argv[1:])
     args = _parser().parse_args(argv)

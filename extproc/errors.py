@@ -16,7 +16,7 @@ Everything tokengate raises on purpose derives from `TokengateError`. Lower-leve
     ├── ConfigError            bad settings or a bad policy file: stops start-up, never a request
     │   └── PolicyError          names the file, the document and the field
     ├── QuotaStoreError        the quota store could not be reached or answered nonsense
-    └── SSEError (extproc.sse)   an upstream stream we cannot read (an event over 1 MiB):
+    └── SSEError (extproc.providers.sse)   an upstream stream we cannot read (an event over 1 MiB):
                                  the answer still flows, governance of it stops
 
 Client-facing messages never carry stack traces, credentials or internal addresses.

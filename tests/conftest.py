@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc import tokens
+from extproc.providers import tokens
 
 REPO = Path(__file__).resolve().parent.parent
 

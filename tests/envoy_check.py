@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from extproc.devstack import envoy_binary
+from extproc.dev.stack import envoy_binary
 
 
 def envoy_validate(config: str, directory: Path) -> None:

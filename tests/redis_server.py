@@ -1,5 +1,5 @@
-"""Real Redis servers for tests (see extproc.devredis)."""
+"""Real Redis servers for tests (see extproc.dev.redis_server)."""
 
-from extproc.devredis import RedisClusterNodes, RedisServer, free_port_pair
+from extproc.dev.redis_server import RedisClusterNodes, RedisServer, free_port_pair
 
 __all__ = ["RedisClusterNodes", "RedisServer", "free_port_pair"]

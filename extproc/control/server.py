@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from extproc.control import control_pb2, control_pb2_grpc
 from extproc.control.service import ControlService, TokenAuth
 from extproc.errors import ConfigError
-from extproc.runtime import Runtime
-from extproc.settings import ServeSettings
+from extproc.gate.runtime import Runtime
+from extproc.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from grpc import aio as grpc_aio
 
 from extproc.control import control_pb2 as pb
 from extproc.control import control_pb2_grpc as pb_grpc
-from extproc.control.overrides import BLOCK, EXTRA, Override
 from extproc.errors import ConfigError, PolicyError, QuotaStoreError
-from extproc.events import Event
+from extproc.gate.runtime import Runtime
 from extproc.policy.loader import validate_file
 from extproc.policy.model import ApiKey
+from extproc.policy.overrides import BLOCK, EXTRA, Override
 from extproc.quota.admission import limits_for
 from extproc.quota.windows import ScopedLimit, describe_limit_period
-from extproc.runtime import Runtime
+from extproc.telemetry.events import Event
 
 audit = logging.getLogger("tokengate.audit")
 _T = TypeVar("_T")

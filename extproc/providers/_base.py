@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from extproc.errors import BadRequest, ClientError
-from extproc.sse import Event
+from extproc.providers.sse import Event
 
 # Sanity bound on a requested answer length: larger values are a bug or an attack, not a
 # real model's output window.

@@ -22,7 +22,7 @@ from extproc.providers._base import (
     optional_token_count,
     require_model,
 )
-from extproc.sse import Event
+from extproc.providers.sse import Event
 
 # Matches the project's mock provider (3 per message) so e2e counts agree; Anthropic does not
 # publish its framing, and the provider's usage settles the bill.

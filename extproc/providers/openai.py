@@ -15,7 +15,7 @@ from extproc.providers._base import (
     optional_token_count,
     require_model,
 )
-from extproc.sse import Event
+from extproc.providers.sse import Event
 
 # OpenAI's documented framing: every message costs 3 tokens beyond its content (plus 1 for a
 # `name`), and every reply is primed with 3 more.

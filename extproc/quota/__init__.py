@@ -1,8 +1,8 @@
 """Quota accounting: one backend interface, pure window arithmetic and admission rules."""
 
 from extproc.quota.admission import limits_for, ratelimit_headers, refusal_error
-from extproc.quota.backend import Cost, Decision, LimitState, QuotaBackend, Refusal, Reservation
-from extproc.quota.memory import MemoryBackend
+from extproc.quota.backends.memory import MemoryBackend
+from extproc.quota.store import Cost, Decision, LimitState, QuotaStore, Refusal, Reservation
 from extproc.quota.windows import Scope, ScopedLimit
 
 __all__ = [
@@ -10,7 +10,7 @@ __all__ = [
     "Decision",
     "LimitState",
     "MemoryBackend",
-    "QuotaBackend",
+    "QuotaStore",
     "Refusal",
     "Reservation",
     "Scope",

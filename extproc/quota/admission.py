@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from extproc.errors import RateLimited
 from extproc.policy.model import ApiKey, Limit, Measure, QuotaPolicy
-from extproc.quota.backend import LimitState, Refusal
+from extproc.quota.store import LimitState, Refusal
 from extproc.quota.windows import Scope, ScopedLimit, describe_limit_period, format_duration
 
 

@@ -35,19 +35,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from extproc.errors import QuotaStoreError, Unavailable
-from extproc.events import Event, EventBus
-from extproc.metrics import Metrics
 from extproc.policy.model import FailMode
-from extproc.quota.backend import (
+from extproc.quota.backends.memory import MemoryBackend
+from extproc.quota.store import (
     DEFAULT_MAX_IN_FLIGHT,
     Cost,
     Decision,
     LimitState,
-    QuotaBackend,
+    QuotaStore,
     Reservation,
 )
-from extproc.quota.memory import MemoryBackend
 from extproc.quota.windows import ScopedLimit
+from extproc.telemetry.events import Event, EventBus
+from extproc.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ SHARED = "shared"
 MAX_QUEUED_SETTLEMENTS = 100_000
 
 
-class QuotaStore:
+class FailoverStore(QuotaStore):
     def __init__(
         self,
         *,
         local: MemoryBackend,
-        shared: QuotaBackend | None,
+        shared: QuotaStore | None,
         metrics: Metrics,
         probe_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -117,7 +117,11 @@ class QuotaStore:
             self._events.publish(Event("store_up" if up else "store_down", message))
 
     async def reserve(
-        self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost, fail_mode: FailMode
+        self,
+        request_id: str,
+        limits: Sequence[ScopedLimit],
+        cost: Cost,
+        fail_mode: FailMode = FailMode.CLOSED,
     ) -> Decision:
         if self._shared is None:
             return await self._local.reserve(request_id, limits, cost)
@@ -159,7 +163,9 @@ class QuotaStore:
             )
         return await self._local.reserve(request_id, limits, cost)
 
-    async def debit(self, reservation: Reservation, extra: Cost, fail_mode: FailMode) -> Decision:
+    async def debit(
+        self, reservation: Reservation, extra: Cost, fail_mode: FailMode = FailMode.CLOSED
+    ) -> Decision:
         if reservation.origin != SHARED or self._shared is None:
             return await self._local.debit(reservation, extra)
         async with self._slots:
@@ -219,9 +225,6 @@ class QuotaStore:
         if self._shared is not None:
             reset = await self._shared.reset(limits)
         return reset
-
-    async def release(self, reservation: Reservation) -> None:
-        await self.settle(reservation, Cost(requests=reservation.cost.requests))
 
     def _start_replay(self) -> None:
         if self._queued and (self._replaying is None or self._replaying.done()):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from extproc.policy.model import Measure
-from extproc.quota.backend import Cost, LimitState, Refusal
 from extproc.quota.meters import Leases, Meter
+from extproc.quota.store import Cost, LimitState, Refusal
 from extproc.quota.windows import ScopedLimit
 
 

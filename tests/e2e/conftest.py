@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
 
 # Windows this long never roll over during a test run, so counts are deterministic.
 LONG = "366d"

@@ -10,7 +10,7 @@ from typing import Any
 import anthropic
 import openai
 
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
 from tests.waiting import wait_until
 
 __all__ = ["wait_until"]

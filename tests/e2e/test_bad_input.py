@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
 from tests.e2e.harness import client, mock_records, raw_post
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]

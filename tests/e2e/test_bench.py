@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from extproc.bench import configs, streams
-from extproc.bench.http import Driver, Load
-from extproc.bench.procs import Cores
-from extproc.bench.stack import BenchStack, SidecarOptions
+from extproc.dev.bench import configs, streams
+from extproc.dev.bench.http import Driver, Load
+from extproc.dev.bench.procs import Cores
+from extproc.dev.bench.stack import BenchStack, SidecarOptions
 from tests.envoy_check import envoy_validate
 
 LOW = Load(connections=4, seconds=1.0, warmup_s=0, rate=100)
@@ -29,7 +29,7 @@ def loadgen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     assert compiler, "a C compiler (cc) builds the load generator"
     out = tmp_path_factory.mktemp("loadgen") / "loadgen"
-    source = Path(__file__).parents[2] / "extproc" / "bench" / "loadgen.c"
+    source = Path(__file__).parents[2] / "extproc" / "dev" / "bench" / "loadgen.c"
     subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(source)],
                    check=True, capture_output=True)  # fmt: skip
     return out

@@ -1,5 +1,5 @@
 """`tokengate ctl` against a real running stack (Envoy + sidecar + mock provider): every
-command in table and JSON output, driven in-process through `extproc.ctl.main` and, for the
+command in table and JSON output, driven in-process through `extproc.ctl.main.main` and, for the
 live `events` tail, as real `python -m extproc ctl` processes."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from extproc import ctl
 from extproc.control import control_pb2 as pb
 from extproc.control import control_pb2_grpc as pb_grpc
-from extproc.devstack import LocalStack
+from extproc.ctl import main as ctl
+from extproc.dev.stack import LocalStack
 from tests.e2e.conftest import KEYS, POLICIES, make_stack
 from tests.e2e.harness import client, wait_until
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from extproc.devstack import LocalStack
-from extproc.drain import DrainResult, EnvoyAdmin, drain
+from extproc.dev.stack import LocalStack
+from extproc.kube.drain import DrainResult, EnvoyAdmin, drain
 from tests.e2e.conftest import make_stack
 from tests.e2e.harness import client, wait_until
 

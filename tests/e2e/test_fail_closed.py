@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
 from tests.e2e.conftest import make_stack
 from tests.e2e.harness import client, mock_records
 

@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from extproc.ctl import main as ctl_main
-from extproc.devstack import LocalStack
+from extproc.ctl.main import main as ctl_main
+from extproc.dev.stack import LocalStack
 from extproc.policy import load_directory
 from tests.e2e.harness import client, metric_value, wait_until
 from tests.integration.test_hot_reload import KubeletVolume

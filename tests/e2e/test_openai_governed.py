@@ -8,8 +8,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from extproc import tokens
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
+from extproc.providers import tokens
 from tests.e2e.harness import client, metric_value, mock_records
 
 MESSAGES: list[ChatCompletionMessageParam] = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from extproc.devstack import Child, LocalStack
+from extproc.dev.stack import Child, LocalStack
 from tests.e2e.conftest import make_stack
 from tests.e2e.harness import client, wait_until
 from tests.kube_api import FakeApi

@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
 from tests.e2e.conftest import make_stack
 from tests.e2e.harness import client, metric_value
 from tests.redis_server import RedisServer

@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
 from tests.e2e.harness import anthropic_client, client, metric_value, mock_records, wait_until
 from tests.helm.chart import envoy_bootstrap, mounted_policies
 from tests.jwt_issuer import AUDIENCE, Issuer

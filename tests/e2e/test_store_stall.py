@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
 from tests.e2e.conftest import make_stack
 from tests.e2e.harness import metric_value, raw_post
 from tests.redis_proxy import ReplyHoldingProxy

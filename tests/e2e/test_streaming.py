@@ -11,8 +11,8 @@ import pytest
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
-from extproc import tokens
-from extproc.devstack import LocalStack
+from extproc.dev.stack import LocalStack
+from extproc.providers import tokens
 from tests.e2e.conftest import SHARED_BUDGET, STREAM_BUDGET
 from tests.e2e.harness import (
     anthropic_client,
@@ -173,7 +173,7 @@ def test_concurrent_streams_sharing_a_budget_never_deliver_past_it(
         results = list(pool.map(lambda _: one_stream(), range(5)))
     delivered = sum(n for n, _ in results)
     assert any(cut for _, cut in results)  # 5 x 400 tokens cannot fit in 600
-    # Overshoot bound: nothing is delivered past the budget (see extproc/streaming.py).
+    # Overshoot bound: nothing is delivered past the budget (see extproc/gate/stream.py).
     assert delivered + 5 * HELLO_PROMPT <= SHARED_BUDGET
     assert _tokens(stack, "shared-budget", "gpt-4o", "completion") == delivered
 

@@ -1,5 +1,5 @@
 """The chart's Envoy bootstrap: accepted by the real Envoy for every mode, and the same as
-the one the local stack and the e2e tests run (extproc/envoy_config.py), so what the e2e
+the one the local stack and the e2e tests run (extproc/kube/envoy_config.py), so what the e2e
 tests prove holds for the chart."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from extproc.envoy_config import (
+from extproc.kube.envoy_config import (
     CHART_MAPPERS,
     LocalEnvoy,
     ServiceAccountTokens,

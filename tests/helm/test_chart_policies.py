@@ -13,7 +13,7 @@ import yaml
 
 from extproc.policy import load_directory
 from extproc.policy.model import Algorithm, FailMode, Measure, Priority
-from extproc.pricing import load_price_table
+from extproc.policy.prices import load_price_table
 from tests.helm.chart import (
     KUBE_VERSIONS,
     MODES,

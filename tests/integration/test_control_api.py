@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from extproc.control import control_pb2 as pb
 from extproc.control import control_pb2_grpc as pb_grpc
-from extproc.devstack import Child
+from extproc.dev.stack import Child
 from tests.e2e.conftest import write_policies
 
 TOKEN = "tgc-integration-token"

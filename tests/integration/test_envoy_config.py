@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extproc.envoy_config import LocalEnvoy, Upstream, render_local
+from extproc.kube.envoy_config import LocalEnvoy, Upstream, render_local
 from tests.envoy_check import envoy_validate
 
 VARIANTS = {

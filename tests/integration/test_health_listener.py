@@ -8,8 +8,8 @@ import asyncio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.server import health_server
-from extproc.settings import Address, ServeSettings
+from extproc.serve.server import health_server
+from extproc.serve.settings import Address, ServeSettings
 
 
 async def _status(port: int) -> int:

@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from extproc.credentials import CredentialSource
-from extproc.events import Event, EventBus
-from extproc.metrics import Metrics
+from extproc.gate.credentials import CredentialSource
+from extproc.gate.processor import Processor
+from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import load_directory
-from extproc.processor import Processor
+from extproc.providers.tokens import TokenCounter
 from extproc.quota import MemoryBackend
-from extproc.quota.failover import QuotaStore
-from extproc.reload import CredentialsHolder, Reloader, fingerprint_directory
-from extproc.runtime import Limits, Runtime, SnapshotHolder
-from extproc.tokens import TokenCounter
+from extproc.quota.failover import FailoverStore
+from extproc.serve.reload import Reloader, fingerprint_directory
+from extproc.telemetry.events import Event, EventBus
+from extproc.telemetry.metrics import Metrics
 from tests import envoy_messages as em
 
 KEY = "tg-reload"
@@ -164,7 +164,7 @@ class Setup:
     def runtime(self) -> Runtime:
         return Runtime(
             policies=self.holder,
-            store=QuotaStore(local=MemoryBackend(), shared=None, metrics=self.metrics),
+            store=FailoverStore(local=MemoryBackend(), shared=None, metrics=self.metrics),
             counter=TokenCounter(threads=1),
             credentials=self.credentials,
             metrics=self.metrics,
@@ -200,7 +200,7 @@ def test_an_invalid_update_keeps_the_old_snapshot_and_a_valid_one_recovers(
     s = Setup(tmp_path)
     good = s.holder.current
     s.volume.write({**B.files(), "keys.yaml": BAD_KEYS})
-    with caplog.at_level(logging.ERROR, logger="extproc.reload"):
+    with caplog.at_level(logging.ERROR, logger="extproc.serve.reload"):
         assert asyncio.run(s.reloader.check()) is True
     assert s.holder.current is good
     where = "keys.yaml (document 2): spec.limits[0].requests"

@@ -25,9 +25,9 @@ import openai
 import pytest
 import tiktoken
 
-from extproc import tokens
-from extproc.mock_provider import MockProvider
-from extproc.mock_provider.text import WORDS
+from extproc.dev.mock_provider import MockProvider
+from extproc.dev.mock_provider.text import WORDS
+from extproc.providers import tokens
 
 T = TypeVar("T")
 DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / ".cache" / "tiktoken"
@@ -481,8 +481,8 @@ def test_health_endpoint(server: ServerThread) -> None:
 def test_run_prints_ready_line_writes_port_file_and_stops_on_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     code = (
-        "from pathlib import Path; from extproc import tokens; "
-        "from extproc.mock_provider import run; "
+        "from pathlib import Path; from extproc.providers import tokens; "
+        "from extproc.dev.mock_provider import run; "
         f"tokens.use_vocab_dir(Path({str(VOCAB)!r})); "
         f"run(port=0, port_file=Path({str(port_file)!r}))"
     )

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from extproc import cli
+from extproc.kube.policysync import ApiTarget, AtomicDirectory, Backoff, KubeClient, PolicySync
+from extproc.kube.policysync import _settings as settings_module
 from extproc.policy import load_directory
-from extproc.policysync import ApiTarget, AtomicDirectory, Backoff, KubeClient, PolicySync
-from extproc.policysync import _settings as settings_module
 from tests.kube_api import FakeApi
 from tests.waiting import wait_until
 

@@ -26,10 +26,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.policy.model import Algorithm, Limit, Measure
-from extproc.quota.backend import Cost, Decision, LimitState, QuotaBackend, Refusal, Reservation
-from extproc.quota.memory import DEFAULT_LEASE_TTL_S, MemoryBackend
+from extproc.quota.backends.memory import DEFAULT_LEASE_TTL_S, MemoryBackend
+from extproc.quota.backends.redis import RedisBackend, connect
 from extproc.quota.meters import LEASE_RETRY_S, calendar_window
-from extproc.quota.redis import RedisBackend, connect
+from extproc.quota.store import Cost, Decision, LimitState, QuotaStore, Refusal, Reservation
 from extproc.quota.windows import Scope, ScopedLimit
 from tests.redis_server import RedisServer
 
@@ -71,7 +71,7 @@ def berlin(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> f
 
 # -- the two backends ---------------------------------------------------------------------
 
-Scenario = Callable[[QuotaBackend], Awaitable[None]]
+Scenario = Callable[[QuotaStore], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class BackendFactory:
     @asynccontextmanager
     async def open(
         self, clock: FakeClock, *, lease_ttl_s: float = DEFAULT_LEASE_TTL_S
-    ) -> AsyncIterator[QuotaBackend]:
-        backend: QuotaBackend
+    ) -> AsyncIterator[QuotaStore]:
+        backend: QuotaStore
         if self.server is None:
             backend = MemoryBackend(clock=clock, lease_ttl_s=lease_ttl_s)
         else:
@@ -135,14 +135,14 @@ def backend_factory(request: pytest.FixtureRequest) -> BackendFactory:
 # -- reading and checking -----------------------------------------------------------------
 
 
-async def probe(backend: QuotaBackend, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
+async def probe(backend: QuotaStore, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
     """Every limit's state, read through a reserve that is always refused."""
     decision = await backend.reserve("probe", [*limits, BLOCKER], HUGE)
     assert not decision.allowed
     return decision.states[:-1]
 
 
-async def counters(backend: QuotaBackend, limits: Sequence[ScopedLimit]) -> dict[str, int]:
+async def counters(backend: QuotaStore, limits: Sequence[ScopedLimit]) -> dict[str, int]:
     return {s.scoped.limit.name: s.used for s in await probe(backend, limits)}
 
 
@@ -181,7 +181,7 @@ def test_reserve_takes_cost_from_every_limit(backend_factory: BackendFactory) ->
     inflight = lim("inflight", Measure.CONCURRENT, 3, None)
     limits = [rpm, tpm, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         decision = await backend.reserve("r1", limits, Cost(requests=1, tokens=40))
         reservation = allowed(decision)
         assert (reservation.request_id, reservation.limits, reservation.cost) == (
@@ -205,7 +205,7 @@ def test_refused_reserve_changes_no_counter(backend_factory: BackendFactory) -> 
     inflight = lim("inflight", Measure.CONCURRENT, 2, None)
     limits = [rpm, tpm, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=60)))
         decision = await backend.reserve("b", limits, Cost(requests=1, tokens=50))
         refusal = refused(decision)
@@ -229,7 +229,7 @@ def test_limits_of_different_scopes_count_separately(backend_factory: BackendFac
     key_tpm = lim("tpm", Measure.TOKENS, 100, 60, scope=Scope("team-a", "svc"))
     other_tpm = lim("tpm", Measure.TOKENS, 100, 60, scope=Scope("team-b"))
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", [ns_tpm, key_tpm], Cost(tokens=30)))
         allowed(await backend.reserve("b", [ns_tpm], Cost(tokens=20)))
         assert used(await probe(backend, [ns_tpm, key_tpm, other_tpm])) == [50, 30, 0]
@@ -244,7 +244,7 @@ def test_refusal_reports_the_limit_that_frees_up_last(backend_factory: BackendFa
     rpm = lim("rpm", Measure.REQUESTS, 1, 60)
     limits = [inflight, daily, rpm]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=1)))
         refusal = refused(await backend.reserve("b", limits, Cost(requests=1, tokens=1)))
         # inflight frees in 1 s (maybe), rpm in 50 s, the day ends in 1 h 46 min 50 s
@@ -261,7 +261,7 @@ def test_request_larger_than_the_limit_never_fits(
 ) -> None:
     tpm = lim("tpm", Measure.TOKENS, 100, 60, algorithm)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         refusal = refused(await backend.reserve("a", [tpm], Cost(tokens=101)))
         assert refusal.never_fits
         assert (refusal.needed, refusal.used) == (101, 0)
@@ -279,7 +279,7 @@ def test_window_rollover_resets_counts_at_the_boundary(backend_factory: BackendF
     rph = lim("rph", Measure.REQUESTS, 10, 3600)
     limits = [tpm, rph]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=100)))
         clock.now = T0 + 59.75
         refusal = refused(await backend.reserve("b", limits, Cost(requests=1, tokens=1)))
@@ -302,7 +302,7 @@ def test_daily_budget_resets_at_midnight_in_the_policy_time_zone(
     utc_daily = lim("utc-daily", Measure.TOKENS, 2000, 86400)
     limits = [daily, utc_daily]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         decision = await backend.reserve("a", limits, Cost(tokens=1000))
         allowed(decision)
         assert resets(decision.states) == pytest.approx([30.0, 7230.0], abs=ABS)
@@ -330,7 +330,7 @@ def test_daily_budget_on_a_daylight_saving_day(
     clock = FakeClock(start + 1800)
     daily = lim("daily", Measure.TOKENS, 1000, 86400, time_zone="Europe/Berlin")
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         decision = await backend.reserve("a", [daily], Cost(tokens=1000))
         await backend.settle(allowed(decision), Cost(tokens=1000))  # before it would expire
         assert resets(decision.states) == pytest.approx([hours * 3600 - 1800.0], abs=ABS)
@@ -350,7 +350,7 @@ def test_monthly_budget_resets_on_the_first(backend_factory: BackendFactory) -> 
     monthly = lim("monthly", Measure.USD, 1000, 30 * 86400, months=1, time_zone="Europe/Berlin")
     july = berlin(2030, 7, 1)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         decision = await backend.reserve("a", [monthly], Cost(usd_micros=1000))
         await backend.settle(allowed(decision), Cost(usd_micros=1000))  # before it would expire
         assert resets(decision.states) == pytest.approx([july - clock.now], abs=ABS)
@@ -374,7 +374,7 @@ def test_settle_lower_than_reserved_gives_back_the_difference(
 ) -> None:
     tpm = lim("tpm", Measure.TOKENS, 100, 60, algorithm)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", [tpm], Cost(requests=1, tokens=80)))
         await backend.settle(reservation, Cost(requests=1, tokens=30))
         assert await counters(backend, [tpm]) == {"tpm": 30}
@@ -390,7 +390,7 @@ def test_settle_higher_than_reserved_charges_the_difference(
 ) -> None:
     tpm = lim("tpm", Measure.TOKENS, 100, 60, algorithm)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", [tpm], Cost(tokens=50)))
         await backend.settle(reservation, Cost(tokens=90))
         assert await counters(backend, [tpm]) == {"tpm": 90}
@@ -406,7 +406,7 @@ def test_settle_may_overshoot_the_limit_and_then_refuses_everything(
 ) -> None:
     tpm = lim("tpm", Measure.TOKENS, 100, 60, algorithm)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", [tpm], Cost(tokens=50)))
         await backend.settle(reservation, Cost(tokens=150))
         decision = await backend.reserve("b", [tpm], Cost(tokens=1))
@@ -422,7 +422,7 @@ def test_settle_twice_counts_once(backend_factory: BackendFactory, algorithm: Al
     inflight = lim("inflight", Measure.CONCURRENT, 2, None)
     limits = [tpm, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", limits, Cost(tokens=50)))
         allowed(await backend.reserve("b", limits, Cost(tokens=10)))
         await backend.settle(a, Cost(tokens=20))
@@ -445,7 +445,7 @@ def test_release_keeps_the_request_and_returns_tokens_and_lease(
     inflight = lim("inflight", Measure.CONCURRENT, 1, None)
     limits = [rpm, tpm, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=80)))
         await backend.release(reservation)
         assert await counters(backend, limits) == {"rpm": 1, "tpm": 0, "inflight": 0}
@@ -459,7 +459,7 @@ def test_release_keeps_the_request_and_returns_tokens_and_lease(
 def test_concurrency_lease_is_returned_on_settle(backend_factory: BackendFactory) -> None:
     inflight = lim("inflight", Measure.CONCURRENT, 1, None)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", [inflight], Cost(requests=1)))
         decision = await backend.reserve("b", [inflight], Cost(requests=1))
         refusal = refused(decision)
@@ -479,7 +479,7 @@ def test_settle_after_the_window_ended_does_not_touch_the_new_window(
     clock = FakeClock(T0 + 50)
     tpm = lim("tpm", Measure.TOKENS, 100, 60)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", [tpm], Cost(tokens=80)))
         b = allowed(await backend.reserve("b", [tpm], Cost(tokens=20)))
         clock.now = T0 + 70
@@ -498,7 +498,7 @@ def test_settle_late_before_anything_used_the_new_window(
     clock = FakeClock(T0 + 50)
     tpm = lim("tpm", Measure.TOKENS, 100, 60)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", [tpm], Cost(tokens=80)))
         clock.now = T0 + 70
         await backend.settle(a, Cost(tokens=100))
@@ -514,7 +514,7 @@ def test_sliding_settle_corrects_only_the_window_it_was_counted_in(
     clock = FakeClock(T0 + 50)
     tpm = lim("tpm", Measure.TOKENS, 100, 60, Algorithm.SLIDING)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", [tpm], Cost(tokens=60)))
         b = allowed(await backend.reserve("b", [tpm], Cost(tokens=20)))
         clock.now = T0 + 70  # next window: the first one weighs 5/6
@@ -538,7 +538,7 @@ def test_settle_corrects_a_limit_that_reserved_nothing(
     was counted (the debits) by the actual cost."""
     tpm = lim("tpm", Measure.TOKENS, 100, 60, algorithm)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", [tpm], Cost(requests=1)))
         grown = allowed(await backend.debit(reservation, Cost(tokens=50)))
         await backend.settle(grown, Cost(requests=1, tokens=20))
@@ -560,7 +560,7 @@ def test_expired_reservation_gives_back_tokens_and_lease_but_keeps_the_request(
     inflight = lim("inflight", Measure.CONCURRENT, 1, None)
     limits = [rpd, daily, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=100)))
         clock.now = T0 + 29.9
         assert refused(await backend.reserve("b", limits, Cost(1, 5))).scoped == inflight
@@ -586,7 +586,7 @@ def test_settled_reservation_is_not_expired_again(backend_factory: BackendFactor
     inflight = lim("inflight", Measure.CONCURRENT, 2, None)
     limits = [daily, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", limits, Cost(tokens=100)))
         await backend.settle(a, Cost(tokens=40))
         clock.now = T0 + 20
@@ -605,7 +605,7 @@ def test_expired_reservations_are_given_back_fifty_per_decision(
     clock = FakeClock(T0)
     daily = lim("daily", Measure.TOKENS, 10_000, 86400)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         for n in range(60):
             allowed(await backend.reserve(f"r{n}", [daily], Cost(requests=1, tokens=10)))
         clock.now = T0 + 30
@@ -627,7 +627,7 @@ def test_debit_grows_the_reservation_without_a_second_lease(
     inflight = lim("inflight", Measure.CONCURRENT, 1, None)
     limits = [tpm, daily, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=40)))
         grown = allowed(await backend.debit(reservation, Cost(tokens=30)))
         assert (grown.request_id, grown.limits, grown.cost) == ("a", tuple(limits), Cost(1, 70))
@@ -644,7 +644,7 @@ def test_debit_is_all_or_nothing(backend_factory: BackendFactory) -> None:
     inflight = lim("inflight", Measure.CONCURRENT, 1, None)
     limits = [tpm, daily, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=40)))
         refusal = refused(await backend.debit(reservation, Cost(tokens=50)))
         assert refusal.scoped == daily
@@ -663,7 +663,7 @@ def test_debit_renews_the_lease(backend_factory: BackendFactory) -> None:
     inflight = lim("inflight", Measure.CONCURRENT, 1, None)
     limits = [daily, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=40)))
         clock.now = T0 + 20
         allowed(await backend.debit(reservation, Cost(tokens=10)))
@@ -686,7 +686,7 @@ def test_debit_after_the_reservation_ended_still_counts_what_is_delivered(
     inflight = lim("inflight", Measure.CONCURRENT, 1, None)
     limits = [tpm, inflight]
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=40)))
         if ending == "settled":
             await backend.settle(reservation, Cost(requests=1, tokens=40))
@@ -715,7 +715,7 @@ def test_bucket_allows_a_burst_up_to_the_limit_and_refills_continuously(
     clock = FakeClock(T0)
     tpm = lim("tpm", Measure.TOKENS, 120, 60, Algorithm.BUCKET)  # 2 tokens a second
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         decision = await backend.reserve("a", [tpm], Cost(tokens=120))
         allowed(decision)
         assert used(decision.states) == [120]
@@ -739,7 +739,7 @@ def test_bucket_never_holds_more_than_its_capacity(backend_factory: BackendFacto
     clock = FakeClock(T0)
     tpm = lim("tpm", Measure.TOKENS, 120, 60, Algorithm.BUCKET)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", [tpm], Cost(tokens=120)))
         clock.now = T0 + 3600
         assert refused(await backend.reserve("b", [tpm], Cost(tokens=121))).never_fits
@@ -754,7 +754,7 @@ def test_bucket_settle_above_the_reservation_goes_into_debt_that_refill_repays(
     clock = FakeClock(T0)
     tpm = lim("tpm", Measure.TOKENS, 120, 60, Algorithm.BUCKET)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         reservation = allowed(await backend.reserve("a", [tpm], Cost(tokens=60)))
         await backend.settle(reservation, Cost(tokens=150))  # 30 below empty
         states = await probe(backend, [tpm])
@@ -778,7 +778,7 @@ def test_sliding_window_weighs_the_previous_window(backend_factory: BackendFacto
     clock = FakeClock(T0 + 30)
     tpm = lim("tpm", Measure.TOKENS, 100, 60, Algorithm.SLIDING)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         decision = await backend.reserve("a", [tpm], Cost(tokens=100))
         allowed(decision)
         assert (used(decision.states), resets(decision.states)) == ([100], [30.0])
@@ -811,7 +811,7 @@ def test_sliding_window_refuses_the_boundary_burst_of_a_fixed_window(
     sliding = lim("sliding", Measure.TOKENS, 100, 60, Algorithm.SLIDING)
     fixed = lim("fixed", Measure.TOKENS, 100, 60)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", [sliding, fixed], Cost(tokens=100)))
         clock.now = T0 + 60
         allowed(await backend.reserve("b", [fixed], Cost(tokens=100)))  # a fixed window would
@@ -829,7 +829,7 @@ def test_sliding_retry_after_when_the_current_window_is_the_obstacle(
     clock = FakeClock(T0 + 10)
     tpm = lim("tpm", Measure.TOKENS, 100, 60, Algorithm.SLIDING)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", [tpm], Cost(tokens=80)))
         refusal = refused(await backend.reserve("b", [tpm], Cost(tokens=30)))
         assert refusal.retry_after == pytest.approx(57.5, abs=ABS)
@@ -850,7 +850,7 @@ def test_sliding_window_weights_the_previous_window_by_its_overlap(
     clock = FakeClock(T0 + 59)
     tpm = lim("tpm", Measure.TOKENS, 100, 60, Algorithm.SLIDING)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", [tpm], Cost(tokens=100)))
         clock.now = T0 + 90
         refused(await backend.reserve("b", [tpm], Cost(tokens=51)))
@@ -870,7 +870,7 @@ def test_clock_stepping_back_does_not_reopen_a_window(
     clock = FakeClock(T0 + 61)  # one second into the next minute
     rpm = lim("rpm", Measure.REQUESTS, 2, 60, algorithm)
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", [rpm], Cost(requests=2)))
         clock.now = T0 + 59  # NTP steps the clock back into the previous minute
         refused(await backend.reserve("b", [rpm], Cost(requests=1)))
@@ -885,7 +885,7 @@ def test_bucket_does_not_refill_time_it_already_counted(backend_factory: Backend
     clock = FakeClock(T0 + 100)
     tpm = lim("tpm", Measure.TOKENS, 60, 60, Algorithm.BUCKET)  # one token a second
 
-    async def scenario(backend: QuotaBackend) -> None:
+    async def scenario(backend: QuotaStore) -> None:
         allowed(await backend.reserve("a", [tpm], Cost(tokens=30)))
         clock.now = T0 + 90
         allowed(await backend.reserve("b", [tpm], Cost(tokens=30)))
@@ -902,7 +902,7 @@ def test_bucket_does_not_refill_time_it_already_counted(backend_factory: Backend
 @asynccontextmanager
 async def both(
     server: RedisServer, clock: FakeClock, *, lease_ttl_s: float = DEFAULT_LEASE_TTL_S
-) -> AsyncIterator[tuple[QuotaBackend, QuotaBackend]]:
+) -> AsyncIterator[tuple[QuotaStore, QuotaStore]]:
     flush(server)
     async with (
         BackendFactory("memory").open(clock, lease_ttl_s=lease_ttl_s) as memory,
@@ -1138,7 +1138,7 @@ def test_backends_agree_step_by_step(
     model = _Model(clock)
     held: list[_Held] = []
 
-    async def reserve(memory: QuotaBackend, shared: QuotaBackend, n: int, cost: Cost) -> None:
+    async def reserve(memory: QuotaStore, shared: QuotaStore, n: int, cost: Cost) -> None:
         full = model.lacks_room(cost, leases=True)
         mine = await memory.reserve(f"r{n}", _MIXED, cost)
         theirs = await shared.reserve(f"r{n}", _MIXED, cost)
@@ -1157,9 +1157,7 @@ def test_backends_agree_step_by_step(
         held.append(_Held(model.admit(cost), mine.reservation, theirs.reservation))
         model.check(mine.states, where)
 
-    async def debit(
-        memory: QuotaBackend, shared: QuotaBackend, n: int, it: _Held, extra: Cost
-    ) -> None:
+    async def debit(memory: QuotaStore, shared: QuotaStore, n: int, it: _Held, extra: Cost) -> None:
         full = model.lacks_room(extra, leases=False)
         mine = await memory.debit(it.mine, extra)
         theirs = await shared.debit(it.theirs, extra)

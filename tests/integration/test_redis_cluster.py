@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from extproc.policy.model import Algorithm, Limit, Measure
 from extproc.quota import Cost, Scope, ScopedLimit
-from extproc.quota.redis import RedisBackend, connect
+from extproc.quota.backends.redis import RedisBackend, connect
 from tests.redis_server import RedisClusterNodes
 
 

@@ -11,7 +11,7 @@ import threading
 
 from extproc.policy.model import Algorithm, Limit, Measure
 from extproc.quota import Cost, Scope, ScopedLimit
-from extproc.quota.redis import RedisBackend, connect
+from extproc.quota.backends.redis import RedisBackend, connect
 from tests.redis_server import RedisServer
 
 NS = Scope("contended")

@@ -14,11 +14,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from extproc.errors import Unavailable
-from extproc.metrics import Metrics
 from extproc.policy.model import Algorithm, FailMode, Limit, Measure
 from extproc.quota import Cost, MemoryBackend, Scope, ScopedLimit
-from extproc.quota.failover import QuotaStore
-from extproc.quota.redis import RedisBackend, connect
+from extproc.quota.backends.redis import RedisBackend, connect
+from extproc.quota.failover import FailoverStore
+from extproc.telemetry.metrics import Metrics
 from tests.redis_server import RedisServer
 from tests.waiting import wait_until_async
 
@@ -28,9 +28,9 @@ TOKENS = ScopedLimit(NS, Limit("tokens", Measure.TOKENS, 10_000, 86400, Algorith
 LIMITS = [REQUESTS, TOKENS]
 
 
-def make_store(server: RedisServer, metrics: Metrics, *, ttl: float = 600) -> QuotaStore:
+def make_store(server: RedisServer, metrics: Metrics, *, ttl: float = 600) -> FailoverStore:
     shared = RedisBackend(connect(server.url, timeout_s=0.25), lease_ttl_s=ttl)
-    return QuotaStore(
+    return FailoverStore(
         local=MemoryBackend(lease_ttl_s=ttl), shared=shared, metrics=metrics, probe_interval_s=0.1
     )
 
@@ -129,7 +129,9 @@ def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing_closed(
     async def scenario() -> tuple[list[str], int]:
         client = connect(server.url, timeout_s=0.25, max_in_flight=8)
         shared = RedisBackend(client, lease_ttl_s=600)
-        store = QuotaStore(local=MemoryBackend(), shared=shared, metrics=metrics, max_in_flight=8)
+        store = FailoverStore(
+            local=MemoryBackend(), shared=shared, metrics=metrics, max_in_flight=8
+        )
         decisions = await asyncio.gather(
             *(store.reserve(f"b{i}", LIMITS, Cost(1, 1), FailMode.CLOSED) for i in range(burst))
         )
@@ -164,7 +166,7 @@ def test_a_burst_against_a_frozen_redis_waits_only_for_the_calls_in_flight(
 
     async def scenario() -> list[BaseException | object]:
         shared = Counting(connect(server.url, timeout_s=0.25, max_in_flight=8), lease_ttl_s=600)
-        store = QuotaStore(local=MemoryBackend(), shared=shared, metrics=Metrics(),
+        store = FailoverStore(local=MemoryBackend(), shared=shared, metrics=Metrics(),
                            probe_interval_s=60, max_in_flight=8)  # fmt: skip
         await store.reserve("warm", [], Cost(), FailMode.CLOSED)  # connected before the freeze
         server.pause()
@@ -220,7 +222,7 @@ CRASHING_SIDECAR = textwrap.dedent(
     import asyncio, sys
     from extproc.policy.model import Limit, Measure, Algorithm
     from extproc.quota import Cost, Scope, ScopedLimit
-    from extproc.quota.redis import RedisBackend, connect
+    from extproc.quota.backends.redis import RedisBackend, connect
 
     async def main():
         ns = Scope("faults")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from extproc.errors import Unavailable
-from extproc.metrics import Metrics
 from extproc.policy.model import FailMode, Limit, Measure
 from extproc.quota import Cost, MemoryBackend, ScopedLimit
-from extproc.quota.failover import QuotaStore
-from extproc.quota.redis import RedisBackend, connect
+from extproc.quota.backends.redis import RedisBackend, connect
+from extproc.quota.failover import FailoverStore
+from extproc.telemetry.metrics import Metrics
 from tests.integration.test_redis_faults import NS, REQUESTS, _true, used
 from tests.redis_proxy import ReplyHoldingProxy
 from tests.redis_server import RedisServer
@@ -33,10 +33,10 @@ def proxy(server: RedisServer, tmp_path: Path) -> Iterator[ReplyHoldingProxy]:
     running.stop()
 
 
-async def warm_store(proxy: ReplyHoldingProxy, metrics: Metrics, timeout_s: float) -> QuotaStore:
+async def warm_store(proxy: ReplyHoldingProxy, metrics: Metrics, timeout_s: float) -> FailoverStore:
     """A store through the proxy, its script loaded (the reserve is then one EVALSHA)."""
     shared = RedisBackend(connect(proxy.url, timeout_s=timeout_s), lease_ttl_s=600)
-    store = QuotaStore(local=MemoryBackend(lease_ttl_s=600), shared=shared, metrics=metrics,
+    store = FailoverStore(local=MemoryBackend(lease_ttl_s=600), shared=shared, metrics=metrics,
                        probe_interval_s=0.05)  # fmt: skip
     warm = (await store.reserve("warm", LIMITS, Cost(1), FailMode.CLOSED)).reservation
     assert warm is not None

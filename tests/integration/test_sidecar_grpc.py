@@ -17,7 +17,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.devstack import Child
+from extproc.dev.stack import Child
 from tests import envoy_messages as em
 
 POLICY = f"""

@@ -10,7 +10,7 @@ import pytest
 from extproc.errors import RateLimited
 from extproc.policy.model import ApiKey, Limit, Measure, QuotaPolicy
 from extproc.quota.admission import limits_for, ratelimit_headers, refusal_error
-from extproc.quota.backend import LimitState, Refusal
+from extproc.quota.store import LimitState, Refusal
 from extproc.quota.windows import Scope, ScopedLimit
 
 NS = Scope("team-a")

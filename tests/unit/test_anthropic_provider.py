@@ -13,6 +13,8 @@ import httpx2
 import pytest
 from anthropic._streaming import SSEDecoder
 
+from extproc.dev.mock_provider.anthropic import AnthropicDialect
+from extproc.dev.mock_provider.common import Completion
 from extproc.errors import (
     BadRequest,
     ClientError,
@@ -23,8 +25,6 @@ from extproc.errors import (
     Unauthenticated,
     Unavailable,
 )
-from extproc.mock_provider.anthropic import AnthropicDialect
-from extproc.mock_provider.common import Completion
 from extproc.providers import anthropic as anthropic_module
 from extproc.providers._base import (
     MAX_OUTPUT_TOKENS,
@@ -41,8 +41,8 @@ from extproc.providers.anthropic import (
     TOKENS_PER_MESSAGE,
     parse_messages_request,
 )
-from extproc.sse import Event
-from extproc.tokens import count, encoding_name_for
+from extproc.providers.sse import Event
+from extproc.providers.tokens import count, encoding_name_for
 
 MOCK = AnthropicDialect()
 

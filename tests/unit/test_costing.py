@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.costing import Costing, check_prices
 from extproc.errors import ConfigError, PermissionDenied
 from extproc.policy.model import Algorithm, Limit, Measure, QuotaPolicy
-from extproc.pricing import PriceTable
+from extproc.policy.prices import PriceTable
 from extproc.quota import Cost, Scope, ScopedLimit
+from extproc.quota.costing import Costing, check_prices
 
 TABLE = PriceTable.parse(
     """

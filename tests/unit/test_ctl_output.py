@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 
-from extproc import ctl
-from extproc import ctl_output as out
 from extproc.control import control_pb2 as pb
+from extproc.ctl import main as ctl
+from extproc.ctl import output as out
 
 REPO = Path(__file__).resolve().parents[2]
 

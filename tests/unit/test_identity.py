@@ -11,7 +11,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 
 from extproc.errors import Unauthenticated
-from extproc.identity import (
+from extproc.gate.identity import (
     JWT_METADATA_NAMESPACE,
     JWT_PAYLOAD_KEY,
     ServiceAccount,

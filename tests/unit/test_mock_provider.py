@@ -17,22 +17,22 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc import tokens
-from extproc.mock_provider.anthropic import AnthropicDialect
-from extproc.mock_provider.common import ApiError, Completion, ParsedRequest
-from extproc.mock_provider.http import Reply
-from extproc.mock_provider.openai import OpenAIDialect
-from extproc.mock_provider.parser import HttpError, Request, RequestParser
-from extproc.mock_provider.recorder import Recorder, Stats
-from extproc.mock_provider.router import Router
-from extproc.mock_provider.script import DEFAULT, script_from
-from extproc.mock_provider.text import (
+from extproc.dev.mock_provider.anthropic import AnthropicDialect
+from extproc.dev.mock_provider.common import ApiError, Completion, ParsedRequest
+from extproc.dev.mock_provider.http import Reply
+from extproc.dev.mock_provider.openai import OpenAIDialect
+from extproc.dev.mock_provider.parser import HttpError, Request, RequestParser
+from extproc.dev.mock_provider.recorder import Recorder, Stats
+from extproc.dev.mock_provider.router import Router
+from extproc.dev.mock_provider.script import DEFAULT, script_from
+from extproc.dev.mock_provider.text import (
     WORDS,
     answer_words,
     chunk_texts,
     plan_length,
     seed_for,
 )
+from extproc.providers import tokens
 
 ENCODINGS = ("cl100k_base", "o200k_base")
 DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / ".cache" / "tiktoken"

@@ -1,4 +1,4 @@
-"""Pure ext_proc reply builders (`extproc.mutations`): every reply is serialised and parsed
+"""Pure ext_proc reply builders (`extproc.gate.replies`): every reply is serialised and parsed
 back, then checked field by field, the way Envoy will read it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import json_format
 
-from extproc import mutations
+from extproc.gate import replies
 
 Mode = processing_mode_pb2.ProcessingMode
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -36,10 +36,10 @@ def set_headers(mutation: Any) -> list[tuple[str, bytes, str, int]]:
 
 def test_request_headers_reply_fields() -> None:
     reply = wire(
-        mutations.request_headers_reply(
+        replies.request_headers_reply(
             set_headers={"authorization": "Bearer sk-real", "x-tokengate-upstream": "openai"},
             remove=["x-api-key", "api-key"],
-            mode=mutations.GOVERNED_MODE,
+            mode=replies.GOVERNED_MODE,
             clear_route_cache=True,
         )
     )
@@ -53,17 +53,17 @@ def test_request_headers_reply_fields() -> None:
     ]
     assert list(common.header_mutation.remove_headers) == ["x-api-key", "api-key"]
     assert reply.HasField("mode_override")
-    assert reply.mode_override == mutations.GOVERNED_MODE
+    assert reply.mode_override == replies.GOVERNED_MODE
     assert not reply.HasField("immediate_response")
     assert not reply.HasField("dynamic_metadata")
 
 
 def test_request_headers_reply_passthrough_without_route_cache_clear() -> None:
     reply = wire(
-        mutations.request_headers_reply(
+        replies.request_headers_reply(
             set_headers={},
             remove=iter(["x-goog-api-key"]),
-            mode=mutations.PASSTHROUGH_MODE,
+            mode=replies.PASSTHROUGH_MODE,
             clear_route_cache=False,
         )
     )
@@ -71,15 +71,15 @@ def test_request_headers_reply_passthrough_without_route_cache_clear() -> None:
     assert common.clear_route_cache is False
     assert list(common.header_mutation.set_headers) == []
     assert list(common.header_mutation.remove_headers) == ["x-goog-api-key"]
-    assert reply.mode_override == mutations.PASSTHROUGH_MODE
+    assert reply.mode_override == replies.PASSTHROUGH_MODE
 
 
 def test_header_values_are_raw_utf8_bytes() -> None:
     reply = wire(
-        mutations.request_headers_reply(
+        replies.request_headers_reply(
             set_headers={"x-note": "naïve ✓"},
             remove=[],
-            mode=mutations.GOVERNED_MODE,
+            mode=replies.GOVERNED_MODE,
             clear_route_cache=False,
         )
     )
@@ -92,7 +92,7 @@ def test_header_values_are_raw_utf8_bytes() -> None:
 
 def test_response_headers_reply_without_mode_has_no_override() -> None:
     reply = wire(
-        mutations.response_headers_reply(
+        replies.response_headers_reply(
             set_headers={"x-ratelimit-remaining-requests": "59", "x-ratelimit-limit-requests": "60"}
         )
     )
@@ -109,7 +109,7 @@ def test_response_headers_reply_without_mode_has_no_override() -> None:
 
 def test_response_headers_reply_with_mode_override() -> None:
     reply = wire(
-        mutations.response_headers_reply(set_headers={}, mode=mutations.SKIP_RESPONSE_BODY_MODE)
+        replies.response_headers_reply(set_headers={}, mode=replies.SKIP_RESPONSE_BODY_MODE)
     )
     assert reply.HasField("mode_override")
     assert reply.mode_override.response_body_mode == Mode.NONE
@@ -118,11 +118,11 @@ def test_response_headers_reply_with_mode_override() -> None:
 
 
 def test_response_headers_reply_does_not_alias_the_shared_mode() -> None:
-    before = mutations.GOVERNED_MODE.SerializeToString()
-    reply = mutations.response_headers_reply(set_headers={}, mode=mutations.GOVERNED_MODE)
+    before = replies.GOVERNED_MODE.SerializeToString()
+    reply = replies.response_headers_reply(set_headers={}, mode=replies.GOVERNED_MODE)
     reply.mode_override.response_body_mode = Mode.STREAMED
     reply.mode_override.request_body_mode = Mode.NONE
-    assert mutations.GOVERNED_MODE.SerializeToString() == before
+    assert replies.GOVERNED_MODE.SerializeToString() == before
 
 
 # -- processing modes -------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_response_headers_reply_does_not_alias_the_shared_mode() -> None:
     ("mode", "expected"),
     [
         (
-            mutations.GOVERNED_MODE,
+            replies.GOVERNED_MODE,
             (
                 Mode.DEFAULT,
                 Mode.SEND,
@@ -143,11 +143,11 @@ def test_response_headers_reply_does_not_alias_the_shared_mode() -> None:
             ),
         ),
         (
-            mutations.PASSTHROUGH_MODE,
+            replies.PASSTHROUGH_MODE,
             (Mode.DEFAULT, Mode.SEND, Mode.NONE, Mode.NONE, Mode.SKIP, Mode.SKIP),
         ),
         (
-            mutations.SKIP_RESPONSE_BODY_MODE,
+            replies.SKIP_RESPONSE_BODY_MODE,
             (Mode.DEFAULT, Mode.DEFAULT, Mode.NONE, Mode.NONE, Mode.SKIP, Mode.SKIP),
         ),
     ],
@@ -166,10 +166,10 @@ def test_processing_modes(mode: Any, expected: tuple[int, ...]) -> None:
 @pytest.mark.parametrize(
     ("reply", "which"),
     [
-        (mutations.REQUEST_HEADERS_CONTINUE, "request_headers"),
-        (mutations.REQUEST_BODY_CONTINUE, "request_body"),
-        (mutations.RESPONSE_HEADERS_CONTINUE, "response_headers"),
-        (mutations.RESPONSE_BODY_CONTINUE, "response_body"),
+        (replies.REQUEST_HEADERS_CONTINUE, "request_headers"),
+        (replies.REQUEST_BODY_CONTINUE, "request_body"),
+        (replies.RESPONSE_HEADERS_CONTINUE, "response_headers"),
+        (replies.RESPONSE_BODY_CONTINUE, "response_body"),
     ],
 )
 def test_continue_replies(reply: Any, which: str) -> None:
@@ -186,7 +186,7 @@ def test_continue_replies(reply: Any, which: str) -> None:
 def test_immediate_reply_fields() -> None:
     body = b'{"error": {"message": "slow down"}}'
     reply = wire(
-        mutations.immediate_reply(
+        replies.immediate_reply(
             status=429,
             body=body,
             headers={"retry-after": "13", "x-ratelimit-remaining-requests": "0"},
@@ -210,7 +210,7 @@ def test_immediate_reply_fields() -> None:
 
 def test_immediate_reply_headers_may_override_content_type() -> None:
     reply = wire(
-        mutations.immediate_reply(
+        replies.immediate_reply(
             status=400, body=b"x", headers={"content-type": "text/plain"}, details="d"
         )
     )
@@ -221,16 +221,16 @@ def test_immediate_reply_headers_may_override_content_type() -> None:
 
 @pytest.mark.parametrize("status", [400, 401, 403, 413, 429, 500, 503])
 def test_immediate_reply_status_codes(status: int) -> None:
-    reply = wire(mutations.immediate_reply(status=status, body=b"", headers={}, details="x"))
+    reply = wire(replies.immediate_reply(status=status, body=b"", headers={}, details="x"))
     assert reply.immediate_response.status.code == status
     assert reply.immediate_response.body == b""
     assert json_format.MessageToDict(reply.dynamic_metadata) == {"tokengate": {"reply": "sidecar"}}
 
 
 def test_immediate_reply_marker_is_not_shared_state() -> None:
-    first = mutations.immediate_reply(status=429, body=b"", headers={}, details="a")
+    first = replies.immediate_reply(status=429, body=b"", headers={}, details="a")
     first.dynamic_metadata.fields["tokengate"].struct_value.fields["reply"].string_value = "x"
-    second = mutations.immediate_reply(status=429, body=b"", headers={}, details="b")
+    second = replies.immediate_reply(status=429, body=b"", headers={}, details="b")
     assert json_format.MessageToDict(second.dynamic_metadata) == {"tokengate": {"reply": "sidecar"}}
 
 
@@ -242,7 +242,7 @@ def test_immediate_reply_marker_is_not_shared_state() -> None:
     [(30, 30, 0), (2.5, 2, 500_000_000), (0.25, 0, 250_000_000), (0.0, 0, 0), (120.0, 120, 0)],
 )
 def test_extend_timeout_reply(seconds: float, whole: int, nanos: int) -> None:
-    reply = wire(mutations.extend_timeout_reply(seconds))
+    reply = wire(replies.extend_timeout_reply(seconds))
     assert reply.HasField("override_message_timeout")
     assert reply.override_message_timeout.seconds == whole
     assert reply.override_message_timeout.nanos == nanos

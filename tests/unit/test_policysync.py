@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from extproc.kube.policysync import AtomicDirectory, Backoff, ConfigMap, evaluate, file_name
 from extproc.policy import load_directory
-from extproc.policysync import AtomicDirectory, Backoff, ConfigMap, evaluate, file_name
-from extproc.reload import fingerprint_directory
+from extproc.serve.reload import fingerprint_directory
 
 HOME = "tokengate"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

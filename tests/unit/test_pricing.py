@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc.errors import ConfigError
-from extproc.pricing import (
+from extproc.policy.prices import (
     CACHE_SIZE,
     MAX_FILE_BYTES,
     Price,

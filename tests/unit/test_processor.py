@@ -12,17 +12,16 @@ from typing import Any
 
 import pytest
 
-from extproc import mutations
-from extproc.credentials import Secret
-from extproc.metrics import Metrics
+from extproc.gate import replies
+from extproc.gate.credentials import Secret
+from extproc.gate.processor import Processor
+from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import parse_documents
 from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy
-from extproc.processor import Processor
+from extproc.providers.tokens import TokenCounter
 from extproc.quota import MemoryBackend
-from extproc.quota.failover import QuotaStore
-from extproc.reload import CredentialsHolder
-from extproc.runtime import Limits, Runtime, SnapshotHolder
-from extproc.tokens import TokenCounter
+from extproc.quota.failover import FailoverStore
+from extproc.telemetry.metrics import Metrics
 from tests import envoy_messages as em
 
 POLICY = f"""
@@ -66,7 +65,7 @@ def runtime(vocab_dir: Path) -> Runtime:
     metrics = Metrics()
     return Runtime(
         policies=SnapshotHolder(_snapshot()),
-        store=QuotaStore(local=MemoryBackend(), shared=None, metrics=metrics),
+        store=FailoverStore(local=MemoryBackend(), shared=None, metrics=metrics),
         counter=TokenCounter(threads=1),
         credentials=CredentialsHolder({"openai": Secret("sk-provider")}),
         metrics=metrics,
@@ -103,7 +102,7 @@ def test_headers_strip_every_client_credential_and_inject_the_provider_key(
     }
     assert set(common.header_mutation.remove_headers) == {"x-api-key", "api-key", "x-goog-api-key"}
     assert common.clear_route_cache
-    assert reply.mode_override == mutations.GOVERNED_MODE
+    assert reply.mode_override == replies.GOVERNED_MODE
 
 
 @pytest.mark.parametrize(
@@ -147,7 +146,7 @@ def test_model_outside_allow_list_is_403(runtime: Runtime) -> None:
 def test_reserve_then_settle_with_provider_usage(runtime: Runtime) -> None:
     async def scenario() -> int:
         processor, reply = await _admit(runtime)
-        assert reply == mutations.REQUEST_BODY_CONTINUE
+        assert reply == replies.REQUEST_BODY_CONTINUE
         reserved = _used(runtime, "tokens")
         headers = await processor.on_response_headers(em.response_headers(200))
         assert em.set_headers(headers.response_headers.response.header_mutation)[
@@ -181,7 +180,7 @@ def test_answer_is_settled_before_its_reply_so_the_next_call_finds_its_slot(
 
     settled, reply = run(scenario())
     assert settled == (PROMPT + 20, 0)
-    assert reply == mutations.REQUEST_BODY_CONTINUE
+    assert reply == replies.REQUEST_BODY_CONTINUE
 
 
 def test_usage_is_read_from_an_answer_split_across_chunks(runtime: Runtime) -> None:
@@ -195,7 +194,7 @@ def test_usage_is_read_from_an_answer_split_across_chunks(runtime: Runtime) -> N
             reply = await processor.on_response_body(
                 em.body(answer[i : i + 10], end_of_stream=last)
             )
-            assert reply == mutations.RESPONSE_BODY_CONTINUE
+            assert reply == replies.RESPONSE_BODY_CONTINUE
         await processor.finish()
 
     run(scenario())
@@ -224,7 +223,7 @@ def test_upstream_error_releases_tokens_and_skips_the_body(runtime: Runtime) -> 
         return reply
 
     reply = run(scenario())
-    assert reply.mode_override == mutations.SKIP_RESPONSE_BODY_MODE
+    assert reply.mode_override == replies.SKIP_RESPONSE_BODY_MODE
     assert _used(runtime, "tokens") == 0
     assert _used(runtime, "rpm") == 1
 
@@ -239,7 +238,7 @@ def test_client_gone_before_the_answer_settles_the_reservation_once(runtime: Run
         await processor.finish()
         await blocked.finish()
         _, admitted = await _admit(runtime)  # the lease came back
-        assert admitted == mutations.REQUEST_BODY_CONTINUE
+        assert admitted == replies.REQUEST_BODY_CONTINUE
 
     run(scenario())
     assert _used(runtime, "tokens") == 2 * (PROMPT + 100)  # no usage: charged as reserved
@@ -255,7 +254,7 @@ def test_unknown_path_passes_through_on_request_limits_only(runtime: Runtime) ->
         return reply
 
     reply = run(scenario())
-    assert reply.mode_override == mutations.PASSTHROUGH_MODE
+    assert reply.mode_override == replies.PASSTHROUGH_MODE
     assert _used(runtime, "rpm") == 1
     assert _used(runtime, "tokens") == 0
 
@@ -289,17 +288,17 @@ def test_stream_over_budget_is_cut_with_an_error_event_then_reset(runtime: Runti
         processor, _ = await _admit(runtime, {**CHAT, "stream": True})
         sse = em.http_headers([(":status", "200"), ("content-type", "text/event-stream")])
         await processor.on_response_headers(sse)
-        replies = [await processor.on_response_body(em.body(_sse(words), end_of_stream=False))
+        answers = [await processor.on_response_body(em.body(_sse(words), end_of_stream=False))
                    for _ in range(6)]  # fmt: skip
         await processor.finish()
-        return replies, _used(runtime, "tokens")
+        return answers, _used(runtime, "tokens")
 
-    replies, used = run(scenario())
-    passed = [r for r in replies if r == mutations.RESPONSE_BODY_CONTINUE]
+    answers, used = run(scenario())
+    passed = [r for r in answers if r == replies.RESPONSE_BODY_CONTINUE]
     assert len(passed) == 4  # 7 + 4 x 200 = 807 fits; 1007 does not
-    cut = replies[4].response_body.response.body_mutation.body
+    cut = answers[4].response_body.response.body_mutation.body
     assert b'"error"' in cut and b"'tokens'" in cut
-    assert replies[5].immediate_response.status.code == 429  # Envoy resets both sides
+    assert answers[5].immediate_response.status.code == 429  # Envoy resets both sides
     assert used == PROMPT + 4 * 200  # exactly what was delivered
 
 

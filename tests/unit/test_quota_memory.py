@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from extproc.policy.model import Limit, Measure
-from extproc.quota.backend import Cost, Reservation
-from extproc.quota.memory import DEFAULT_LEASE_TTL_S, MemoryBackend
+from extproc.quota.backends.memory import DEFAULT_LEASE_TTL_S, MemoryBackend
+from extproc.quota.store import Cost, Reservation
 from extproc.quota.windows import Scope, ScopedLimit
 
 T0 = 1_907_532_780.0  # 2030-06-12 22:13:00 UTC

@@ -10,7 +10,7 @@ import pytest
 
 from extproc.errors import ConfigError
 from extproc.policy import load_directories
-from extproc.settings import Address, ServeSettings, add_serve_arguments, serve_settings
+from extproc.serve.settings import Address, ServeSettings, add_serve_arguments, serve_settings
 
 
 def _settings(*argv: str) -> ServeSettings:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.errors import TokengateError
-from extproc.sse import MAX_EVENT_BYTES, Event, SSEError, SSEParser
+from extproc.providers.sse import MAX_EVENT_BYTES, Event, SSEError, SSEParser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sse"
 BOM = b"\xef\xbb\xbf"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from extproc.errors import RateLimited
+from extproc.gate.stream import AnswerStream, encode
 from extproc.policy.model import Limit, Measure
 from extproc.providers import openai as oa
+from extproc.providers.sse import Event, SSEParser
 from extproc.quota import Cost, MemoryBackend, Scope, ScopedLimit
-from extproc.sse import Event, SSEParser
-from extproc.streaming import AnswerStream, encode
 
 
 def chunk_event(text: str | None = None, *, usage: dict[str, int] | None = None) -> bytes:

@@ -1,4 +1,4 @@
-"""Token counting (`extproc.tokens`): model -> encoding, exact counts for ordinary text,
+"""Token counting (`extproc.providers.tokens`): model -> encoding, exact counts for ordinary text,
 bounded segmenting for long text, off-thread counting, and the vocab directory check."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc import tokens
 from extproc.errors import ConfigError
-from extproc.tokens import (
+from extproc.providers import tokens
+from extproc.providers.tokens import (
     DEFAULT_ENCODING,
     OFFLOAD_CHARS,
     SEGMENT_CHARS,

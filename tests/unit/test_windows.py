@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc.policy.model import Algorithm, Limit, Measure
-from extproc.quota.backend import Cost, LimitState, Refusal
 from extproc.quota.limiter import decide, need_of, states
 from extproc.quota.meters import (
     LEASE_RETRY_S,
@@ -26,6 +25,7 @@ from extproc.quota.meters import (
     calendar_window,
     new_meter,
 )
+from extproc.quota.store import Cost, LimitState, Refusal
 from extproc.quota.windows import (
     KEY_PREFIX,
     Scope,

@@ -1,5 +1,5 @@
 {{/*
-The Envoy bootstrap. It mirrors envoy/local.yaml as rendered by extproc/envoy_config.py;
+The Envoy bootstrap. It mirrors envoy/local.yaml as rendered by extproc/kube/envoy_config.py;
 tests/helm/test_envoy_consistency.py renders both with the same settings and fails on any
 difference in the llm listener or the clusters. The local-reply mappers are generated from
 Python into files/local-reply-mappers.json (`make chart-files`; a test fails while stale).

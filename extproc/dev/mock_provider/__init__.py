@@ -1,0 +1,10 @@
+"""OpenAI- and Anthropic-compatible mock LLM provider (see `provider.MockProvider`).
+
+Modules: `http` (HTTP/1.1 server) and `parser` (request framing); `router` (endpoints, auth,
+scripting via `script`); `openai` / `anthropic` (wire formats); `text` (deterministic answers
+with known token counts); `recorder` (what was received, counters).
+"""
+
+from extproc.dev.mock_provider.provider import MockProvider, run
+
+__all__ = ["MockProvider", "run"]

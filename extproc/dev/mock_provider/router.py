@@ -1,0 +1,171 @@
+"""Request routing: provider endpoints, scripting, auth, recording, and the `/_mock/` API.
+
+Everything here is synchronous and returns a finished `Reply` for ordinary requests, so the
+HTTP layer can answer from `data_received` without a task. Bodies above `OFFLOAD_BYTES` are
+parsed, hashed and token-counted on a worker thread instead, so one huge prompt does not
+stall every other connection on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qs
+
+from extproc.dev.mock_provider.anthropic import AnthropicDialect
+from extproc.dev.mock_provider.common import (
+    ApiError,
+    Completion,
+    Dialect,
+    ParsedRequest,
+    dumps,
+    random_id,
+)
+from extproc.dev.mock_provider.http import Deferred, Reply
+from extproc.dev.mock_provider.openai import OpenAIDialect
+from extproc.dev.mock_provider.parser import HttpError, Request
+from extproc.dev.mock_provider.recorder import CREDENTIAL_HEADERS, Recorder, Stats
+from extproc.dev.mock_provider.script import DEFAULT, Script, script_from
+from extproc.dev.mock_provider.text import answer_words, plan_length, seed_for
+from extproc.providers.tokens import count, encoding_name_for
+
+OFFLOAD_BYTES = 64 * 1024
+SSE = "text/event-stream; charset=utf-8"
+
+_OPENAI = OpenAIDialect()
+_DIALECTS: dict[str, Dialect] = {d.path: d for d in (_OPENAI, AnthropicDialect())}
+_BAD_JSON = object()
+
+
+class Router:
+    """Implements `http.App` for the mock: one instance per `MockProvider`."""
+
+    def __init__(self, *, stats: Stats, recorder: Recorder, require_key: str | None) -> None:
+        self._stats = stats
+        self._recorder = recorder
+        self._require_key = require_key
+
+    def handle(self, request: Request) -> Reply | Deferred:
+        if request.path.startswith("/_mock/"):
+            return self._control(request)
+        self._stats.requests += 1
+        dialect = _DIALECTS.get(request.path)
+        if dialect is None:
+            self._recorder.record(request, None)  # pass-through traffic is recorded too
+            error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
+            return _error(_OPENAI, error, DEFAULT)
+        if request.method != "POST":
+            return _error(dialect, ApiError(405, f"{request.method} is not allowed"), DEFAULT)
+        if len(request.body) > OFFLOAD_BYTES:
+            return partial(self._offloaded, dialect, request)
+        payload = _load_json(request.body)
+        self._recorder.record(request, payload)
+        return self._respond(dialect, request, payload)
+
+    def http_error(self, path: str | None, error: HttpError) -> Reply:
+        dialect = _DIALECTS.get(path or "", _OPENAI)
+        return Reply(error.status, body=dialect.error_body(error.status, error.message))
+
+    async def _offloaded(self, dialect: Dialect, request: Request) -> Reply:
+        payload = await asyncio.to_thread(_load_json, request.body)
+        self._recorder.record(request, payload)
+        return await asyncio.to_thread(self._respond, dialect, request, payload)
+
+    def _respond(self, dialect: Dialect, request: Request, payload: object) -> Reply:
+        """Script, auth, scripted status, validation, then the answer; errors in order."""
+        script = DEFAULT
+        try:
+            script = script_from(request)
+            self._authorize(dialect, request)
+            if script.status is not None:
+                raise ApiError(script.status, f"mock error {script.status} (x-mock-status)")
+            if payload is _BAD_JSON:
+                raise ApiError(400, "We could not parse the JSON body of your request.")
+            parsed = dialect.parse(payload)
+        except ApiError as exc:
+            return _error(dialect, exc, script)
+        return _answer(dialect, _complete(dialect, request, parsed, script), parsed, script)
+
+    def _authorize(self, dialect: Dialect, request: Request) -> None:
+        """With `require_key`: exactly one credential header, the dialect's, with the key."""
+        key = self._require_key
+        if key is None:
+            return
+        found = [(name, value) for name, value in request.headers if name in CREDENTIAL_HEADERS]
+        if len(found) == 1 and found[0][0] == dialect.key_header:
+            value, prefix = found[0][1], dialect.key_prefix
+            scheme_ok = value[: len(prefix)].lower() == prefix.lower()
+            if scheme_ok and hmac.compare_digest(value[len(prefix) :].encode(), key.encode()):
+                return
+        raise ApiError(401, f"invalid API key: send exactly one {dialect.key_header} header")
+
+    def _control(self, request: Request) -> Reply:
+        if request.method != "GET":
+            return _error(_OPENAI, ApiError(405, f"{request.method} is not allowed"), DEFAULT)
+        if request.path == "/_mock/health":
+            return Reply(200, body=b'{"status":"ok"}')
+        if request.path == "/_mock/stats":
+            return Reply(200, body=dumps(self._stats.as_dict()).encode())
+        if request.path == "/_mock/requests":
+            tags = parse_qs(request.query).get("tag")
+            return Reply(200, body=dumps(self._recorder.query(tags[0] if tags else None)).encode())
+        return _error(_OPENAI, ApiError(404, f"no mock endpoint {request.path}"), DEFAULT)
+
+
+def _complete(
+    dialect: Dialect, request: Request, parsed: ParsedRequest, script: Script
+) -> Completion:
+    encoding = encoding_name_for(parsed.model)
+    length, truncated = plan_length(
+        requested=script.completion_tokens, max_tokens=parsed.max_tokens
+    )
+    words = answer_words(seed_for(request.body), length)
+    return Completion(
+        id=dialect.new_id(),
+        created=int(time.time()),
+        model=parsed.model,
+        words=words,
+        prompt_tokens=parsed.prompt_tokens(encoding),
+        completion_tokens=count(" ".join(words), encoding),
+        truncated=truncated,
+    )
+
+
+def _answer(dialect: Dialect, c: Completion, parsed: ParsedRequest, script: Script) -> Reply:
+    headers = _request_id(dialect)
+    if not parsed.stream:
+        body = dialect.completion_body(c, omit_usage=script.omit_usage)
+        return Reply(200, body=body, headers=headers, delay=script.delay)
+    events = dialect.stream_events(
+        c,
+        per_chunk=script.tokens_per_chunk,
+        send_usage=parsed.include_usage and not script.omit_usage,
+    )
+    return Reply(
+        200,
+        headers=headers,
+        content_type=SSE,
+        delay=script.delay,
+        stream=events,
+        chunk_delay=script.chunk_delay,
+    )
+
+
+def _error(dialect: Dialect, exc: ApiError, script: Script) -> Reply:
+    body = dialect.error_body(exc.status, exc.message)
+    return Reply(exc.status, body=body, headers=_request_id(dialect), delay=script.delay)
+
+
+def _request_id(dialect: Dialect) -> tuple[tuple[str, str], ...]:
+    return ((dialect.request_id_header, random_id("req_", 24)),)
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return _BAD_JSON

@@ -1,0 +1,79 @@
+"""Per-request scripting through `x-mock-*` headers.
+
+Tests and benchmarks shape the mock's behaviour per request instead of per process, so one
+mock serves many scenarios at once (parallel tests, mixed benchmark load):
+
+    x-mock-status: 429            reply with this status (400-599) and a provider-format error
+    x-mock-delay-ms: 250          wait before the response headers
+    x-mock-completion-tokens: 40  answer length in tokens (still capped by max_tokens)
+    x-mock-chunk-delay-ms: 20     wait between stream chunks
+    x-mock-tokens-per-chunk: 3    tokens per streamed content delta (default 3)
+    x-mock-omit-usage: 1          no usage in the answer (plain: no `usage`; stream: none ever)
+
+A header that is present but not a valid value is a 400, so a typo in a test fails loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc.dev.mock_provider.common import ApiError
+from extproc.dev.mock_provider.parser import Request
+
+MAX_COMPLETION_TOKENS = 1_000_000
+MAX_DELAY_MS = 600_000
+DEFAULT_TOKENS_PER_CHUNK = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    status: int | None = None
+    delay: float = 0.0
+    completion_tokens: int | None = None
+    chunk_delay: float = 0.0
+    tokens_per_chunk: int = DEFAULT_TOKENS_PER_CHUNK
+    omit_usage: bool = False
+
+
+DEFAULT = Script()
+
+
+def script_from(request: Request) -> Script:
+    """The request's script; `DEFAULT` (no allocation) when it carries no `x-mock-` header."""
+    if not any(name.startswith("x-mock-") for name, _ in request.headers):
+        return DEFAULT
+    per_chunk = _int(request, "x-mock-tokens-per-chunk", 1, MAX_COMPLETION_TOKENS)
+    return Script(
+        status=_int(request, "x-mock-status", 400, 599),
+        delay=_ms(request, "x-mock-delay-ms"),
+        completion_tokens=_int(request, "x-mock-completion-tokens", 0, MAX_COMPLETION_TOKENS),
+        chunk_delay=_ms(request, "x-mock-chunk-delay-ms"),
+        tokens_per_chunk=DEFAULT_TOKENS_PER_CHUNK if per_chunk is None else per_chunk,
+        omit_usage=_flag(request, "x-mock-omit-usage"),
+    )
+
+
+def _int(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.header(name)
+    if raw is None:
+        return None
+    value = raw.strip()
+    ok = value.isascii() and value.isdigit() and len(value) <= 9
+    if not ok or not low <= int(value) <= high:
+        raise ApiError(400, f"{name} must be an integer in [{low}, {high}], got {raw!r}")
+    return int(value)
+
+
+def _ms(request: Request, name: str) -> float:
+    value = _int(request, name, 0, MAX_DELAY_MS)
+    return 0.0 if value is None else value / 1000
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.header(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value not in ("0", "1", "true", "false"):
+        raise ApiError(400, f"{name} must be 1 or 0, got {raw!r}")
+    return value in ("1", "true")

@@ -1,0 +1,246 @@
+"""Render Envoy bootstraps from the templates in `envoy/`. Pure: text in, text out.
+
+Local replies that Envoy itself generates (a body over the buffer limit, the sidecar
+unreachable, the provider unreachable) are rewritten into the provider's error format —
+OpenAI's, or Anthropic's under `/v1/messages` — so SDKs raise typed errors. Replies the
+sidecar makes are marked with dynamic metadata (`tokengate.reply = sidecar`) and left alone:
+they are already in the right format.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.gate.identity import JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY, JWT_SHAPE
+
+ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
+REPLY_METADATA_NAMESPACE = "tokengate"
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
+
+_NOT_OURS = {
+    "metadata_filter": {
+        "matcher": {
+            "filter": REPLY_METADATA_NAMESPACE,
+            "path": [{"key": "reply"}],
+            "value": {"string_match": {"exact": "envoy"}},
+        },
+        "match_if_key_not_found": True,
+    }
+}
+_ANTHROPIC_PATH = {
+    "header_filter": {
+        "header": {"name": ":path", "string_match": {"prefix": ANTHROPIC_PATH_PREFIX}}
+    }
+}
+
+# (status, extra filter, OpenAI type, OpenAI code, Anthropic type, message) for replies
+# Envoy makes on its own.
+_ENVOY_REPLIES: tuple[tuple[int, dict[str, Any] | None, str, str, str, str], ...] = (
+    (413, None, "invalid_request_error", "request_too_large", "request_too_large",
+     "Request body exceeds the gateway's size limit."),
+    (503, {"response_flag_filter": {"flags": ["UH", "UF", "UO", "URX", "NC", "UC"]}},
+     "api_error", "upstream_unavailable", "api_error",
+     "The upstream provider is unreachable through the gateway."),
+    (504, None, "api_error", "upstream_timeout", "api_error", "The upstream provider timed out."),
+    (401, None, "invalid_request_error", "invalid_token", "authentication_error",
+     "The service-account token was rejected (%RESPONSE_CODE_DETAILS%)."),
+    (403, None, "invalid_request_error", "token_not_allowed", "permission_error",
+     "The service-account token is not allowed here (%RESPONSE_CODE_DETAILS%)."),
+    (503, None, "api_error", "gateway_unavailable", "overloaded_error",
+     "The tokengate policy sidecar is unavailable; the request was not forwarded "
+     "(the gateway fails closed)."),
+)  # fmt: skip
+
+
+def _openai_body(error_type: str, code: str, message: str) -> str:
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return json.dumps(body)
+
+
+def _anthropic_body(error_type: str, message: str) -> str:
+    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def _mapper(filters: list[dict[str, Any]], body: str) -> dict[str, Any]:
+    return {
+        "filter": {"and_filter": {"filters": filters}},
+        "body_format_override": {
+            "text_format_source": {"inline_string": body},
+            "content_type": "application/json",
+        },
+    }
+
+
+def local_reply_mappers() -> list[dict[str, Any]]:
+    """Anthropic-path mappers first: the first mapper whose filter matches wins."""
+    anthropic, openai = [], []
+    for status, extra, oa_type, oa_code, an_type, message in _ENVOY_REPLIES:
+        filters: list[dict[str, Any]] = [{"status_code_filter": _status_is(status)}, _NOT_OURS]
+        if extra is not None:
+            filters.append(extra)
+        anthropic.append(_mapper([*filters, _ANTHROPIC_PATH], _anthropic_body(an_type, message)))
+        openai.append(_mapper(filters, _openai_body(oa_type, oa_code, message)))
+    return anthropic + openai
+
+
+def _status_is(status: int) -> dict[str, Any]:
+    return {
+        "comparison": {
+            "op": "EQ",
+            "value": {"default_value": status, "runtime_key": f"tokengate.status_{status}"},
+        }
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Upstream:
+    """Where a provider cluster points: the real provider over TLS, or a local one."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def local(cls, port: int) -> Upstream:
+        return cls(host="127.0.0.1", port=port, tls=False)
+
+
+OPENAI = Upstream(host="api.openai.com", port=443, tls=True)
+ANTHROPIC = Upstream(host="api.anthropic.com", port=443, tls=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceAccountTokens:
+    """Accept Kubernetes service-account tokens, verified by Envoy against this issuer."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks: str  # the issuer's JWKS document (public keys), inlined into the bootstrap
+
+
+def jwt_authn_filter(tokens: ServiceAccountTokens) -> dict[str, Any]:
+    """Verify a bearer that looks like a JWT; leave gateway keys to the sidecar.
+
+    A rule per header applies the provider only when that header carries a JWT-shaped
+    value, so a gateway key never reaches the verifier and a token never bypasses it. The
+    verified payload goes to dynamic metadata, which ext_proc forwards to the sidecar; the
+    token itself is removed (`forward: false`) before anything else sees it.
+    """
+    provider = {
+        "issuer": tokens.issuer,
+        "audiences": list(tokens.audiences),
+        "local_jwks": {"inline_string": tokens.jwks},
+        "from_headers": [
+            {"name": "authorization", "value_prefix": "Bearer "},
+            {"name": "x-api-key"},
+        ],
+        "forward": False,
+        "payload_in_metadata": JWT_PAYLOAD_KEY,
+        "clock_skew_seconds": 60,
+    }
+    rules = [
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": name, "string_match": {"safe_regex": {"regex": regex}}}],
+            },
+            "requires": {"provider_name": "kubernetes"},
+        }
+        for name, regex in (
+            ("authorization", f"^[Bb]earer +{JWT_SHAPE}$"),
+            ("x-api-key", f"^{JWT_SHAPE}$"),
+        )
+    ]
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3."
+            "JwtAuthentication",
+            "providers": {"kubernetes": provider},
+            "rules": rules,
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalEnvoy:
+    """Values for `envoy/local.yaml`. Port 0 means 'pick a free one' (tests)."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 10000
+    admin_port: int = 9901
+    ext_proc_host: str = "127.0.0.1"
+    ext_proc_port: int = 50051
+    openai: Upstream = OPENAI
+    anthropic: Upstream = ANTHROPIC
+    buffer_limit_bytes: int = 4 * 1024 * 1024 + 65536
+    service_accounts: ServiceAccountTokens | None = None
+
+
+def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") -> str:
+    """The bootstrap as JSON (valid YAML, which Envoy reads by the file's .yaml name)."""
+    upstreams = {"openai": values.openai, "anthropic": values.anthropic}
+    fields: dict[str, object] = {
+        "listen_host": values.listen_host,
+        "listen_port": values.listen_port,
+        "admin_port": values.admin_port,
+        "ext_proc_host": values.ext_proc_host,
+        "ext_proc_port": values.ext_proc_port,
+        "buffer_limit_bytes": values.buffer_limit_bytes,
+        "local_reply_mappers": json.dumps(local_reply_mappers()),
+    }
+    for name, upstream in upstreams.items():
+        fields[f"{name}_host"] = upstream.host
+        fields[f"{name}_port"] = upstream.port
+        fields[f"{name}_discovery"] = "LOGICAL_DNS" if upstream.tls else "STATIC"
+    config = yaml.safe_load(string.Template(template.read_text()).substitute(fields))
+    _add_tls(config, upstreams.get)
+    if values.service_accounts is not None:
+        _add_jwt_authn(config, values.service_accounts)
+    return json.dumps(config, indent=1)
+
+
+def _add_jwt_authn(config: dict[str, Any], tokens: ServiceAccountTokens) -> None:
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
+    ext_proc = filters[0]["typed_config"]
+    ext_proc["metadata_options"]["forwarding_namespaces"] = {"untyped": [JWT_METADATA_NAMESPACE]}
+    filters.insert(0, jwt_authn_filter(tokens))
+
+
+def _add_tls(config: dict[str, Any], upstream_of: Callable[[str], Upstream | None]) -> None:
+    for cluster in config["static_resources"]["clusters"]:
+        upstream = upstream_of(cluster["name"])
+        if upstream is not None and upstream.tls:
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                    "UpstreamTlsContext",
+                    "sni": upstream.host,
+                    "common_tls_context": {
+                        "validation_context": {
+                            "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+                        }
+                    },
+                },
+            }
+
+
+CHART_MAPPERS = ENVOY_DIR.parent / "helm" / "tokengate" / "files" / "local-reply-mappers.json"
+
+
+def chart_mappers_text() -> str:
+    """The Helm chart's copy of `local_reply_mappers()`, one source for both configs."""
+    return json.dumps(local_reply_mappers(), separators=(",", ":")) + "\n"
+
+
+if __name__ == "__main__":  # `make chart-files`
+    CHART_MAPPERS.write_text(chart_mappers_text())

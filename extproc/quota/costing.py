@@ -1,0 +1,65 @@
+"""What a request costs against a caller's limits: tokens always, dollars when the caller
+has `usd` limits — and then only with a price for the model, never a silent zero."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from extproc.errors import ConfigError, PermissionDenied
+from extproc.policy.model import Measure, QuotaPolicy
+from extproc.policy.prices import Price, PriceTable
+from extproc.quota.store import Cost
+from extproc.quota.windows import ScopedLimit
+
+
+class Costing:
+    def __init__(self, price: Price | None) -> None:
+        self._price = price
+
+    @classmethod
+    def for_request(
+        cls, prices: PriceTable | None, limits: Sequence[ScopedLimit], model: str
+    ) -> Costing:
+        if not any(s.limit.measure is Measure.USD for s in limits):
+            return cls(None)
+        price = prices.price_for(model) if prices is not None else None
+        if price is None:
+            raise PermissionDenied(
+                f"No price for model '{model}' in the gateway's price table, so its dollar "
+                "limits cannot be enforced; ask the platform team to add it.",
+                code="model_not_priced",
+            )
+        return cls(price)
+
+    def estimate(self, prompt: int, completion: int) -> Cost:
+        """A reservation: never below what the answer can cost (no cache discount)."""
+        usd = 0 if self._price is None else self._price.estimate_micros(prompt, completion)
+        return Cost(requests=1, tokens=prompt + completion, usd_micros=usd)
+
+    def actual(self, prompt: int, completion: int, cached: int = 0) -> Cost:
+        usd = 0 if self._price is None else self._price.cost_micros(prompt, completion, cached)
+        return Cost(requests=1, tokens=prompt + completion, usd_micros=usd)
+
+    def more_completion(self, tokens: int) -> Cost:
+        """A stream's debit: `tokens` more generated tokens."""
+        usd = 0 if self._price is None else self._price.cost_micros(0, tokens)
+        return Cost(tokens=tokens, usd_micros=usd)
+
+
+def check_prices(policies: Iterable[QuotaPolicy], prices: PriceTable | None) -> None:
+    """Start-up check: a namespace with `usd` limits whose allow-list names an exact model
+    the table does not price would refuse every request for it; say so now. (Patterns can
+    only be checked per request: see `Costing.for_request`.)"""
+    for policy in policies:
+        if not any(limit.measure is Measure.USD for limit in policy.limits):
+            continue
+        for model in policy.model_patterns:
+            if not _WILDCARD.search(model) and (prices is None or prices.price_for(model) is None):
+                raise ConfigError(
+                    f"{policy.source}: namespace {policy.namespace!r} has usd limits but the "
+                    f"price table has no price for allowed model {model!r}"
+                )
+
+
+_WILDCARD = re.compile(r"[*?\[]")

@@ -1,0 +1,177 @@
+"""Prometheus metrics. Label values that come from clients (model names) are bounded, so a
+caller cannot blow up the time-series count by inventing model names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from extproc.gate.stream import AnswerStream
+    from extproc.providers import Usage
+
+# ext_proc messages are handled in tens of microseconds; the buckets resolve that.
+_PHASE_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_ERROR_BUCKETS = (-0.5, -0.2, -0.1, -0.05, -0.01, -0.001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
+MAX_MODEL_LABELS = 200
+
+
+class BoundedLabel:
+    """Passes through the first `limit` distinct values, then answers `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.model_label = BoundedLabel(MAX_MODEL_LABELS)
+        self.requests = Counter(
+            "tokengate_requests",
+            "Requests seen by the sidecar, by caller namespace, model and outcome.",
+            ["namespace", "model", "outcome"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tokengate_tokens",
+            "Tokens settled (provider usage when reported, else our count).",
+            ["namespace", "model", "kind"],
+            registry=r,
+        )
+        self.phase_seconds = Histogram(
+            "tokengate_phase_seconds",
+            "Sidecar time per ext_proc message, by phase.",
+            ["phase"],
+            buckets=_PHASE_BUCKETS,
+            registry=r,
+        )
+        self.refusals = Counter(
+            "tokengate_refusals",
+            "Requests refused by a limit, by namespace and limit name.",
+            ["namespace", "limit"],
+            registry=r,
+        )
+        # multiprocess_mode: how several workers' values combine (see workers.py).
+        self.streams_open = Gauge(
+            "tokengate_ext_proc_streams_open", "ext_proc streams open now.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.policy_version = Gauge(
+            "tokengate_policy_info",
+            "The policy snapshot in force (value 1), by version.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.usage_source = Counter(
+            "tokengate_usage_source",
+            "Settled requests by where their token count came from (provider or counted).",
+            ["source"],
+            registry=r,
+        )
+        self.streams_cut = Counter(
+            "tokengate_streams_cut",
+            "Streamed answers cut because a budget ran out, by namespace and limit.",
+            ["namespace", "limit"],
+            registry=r,
+        )
+        self.stream_debits = Counter(
+            "tokengate_stream_debits",
+            "Quota-store debits made by streams that outgrew their reservation.",
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "tokengate_time_to_first_token_seconds",
+            "From admitting a streamed request to its first generated token.",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "tokengate_inter_token_seconds",
+            "Time between generated tokens of a streamed answer (per chunk, per token).",
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.count_error = Histogram(
+            "tokengate_completion_count_error_ratio",
+            "(our completion count - provider's) / provider's, per streamed answer.",
+            ["model"],
+            buckets=_ERROR_BUCKETS,
+            registry=r,
+        )
+
+        self.store_up = Gauge(
+            "tokengate_quota_store_up",
+            "1 while the shared quota store answers, 0 while fail modes apply.",
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.store_transitions = Counter(
+            "tokengate_quota_store_transitions",
+            "Quota store reachability changes, by new state (up / down).",
+            ["state"],
+            registry=r,
+        )
+        self.fail_mode_decisions = Counter(
+            "tokengate_fail_mode_decisions",
+            "Requests decided by a policy's fail mode while the quota store was away.",
+            ["mode"],
+            registry=r,
+        )
+        self.settlements_queued = Gauge(
+            "tokengate_settlements_queued",
+            "Settlements waiting for the quota store to come back (replayed, idempotent).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    def record_tokens(
+        self, namespace: str, model: str, *, prompt: int, completion: int, source: str
+    ) -> None:
+        label = self.model_label(model)
+        self.tokens.labels(namespace, label, "prompt").inc(prompt)
+        self.tokens.labels(namespace, label, "completion").inc(completion)
+        self.usage_source.labels(source).inc()
+
+    def observe_stream(self, stream: AnswerStream, new_tokens: int) -> None:
+        """Called after a chunk was delivered (its tokens already counted in)."""
+        if not new_tokens:
+            return
+        if stream.completion == new_tokens and stream.first_token_at is not None:
+            self.time_to_first_token.observe(stream.first_token_at - stream.started)
+        elif stream.previous_token_at is not None and stream.last_token_at is not None:
+            gap = stream.last_token_at - stream.previous_token_at
+            self.inter_token.observe(gap / new_tokens)
+
+    def observe_count_error(self, model: str, counted: int, usage: Usage | None) -> None:
+        if usage is not None and usage.completion_tokens > 0:
+            ratio = (counted - usage.completion_tokens) / usage.completion_tokens
+            self.count_error.labels(self.model_label(model)).observe(ratio)
