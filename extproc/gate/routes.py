@@ -1,43 +1,38 @@
-"""The route table: which paths are governed, by which request parser and provider schema.
+"""The route registry: which processor serves a request, chosen from its request line.
 
-This is the *endpoint* axis (how a request is parsed); the provider module is the other axis
-(how usage is read and errors are written). Paths not listed here pass through with
-request-count limits only.
+A governed endpoint (a POST to a path in `endpoints.ENDPOINTS`) gets a `GovernedProcessor`;
+anything else the fallback, today a `PassthroughProcessor` (identified, counted as a request,
+forwarded). Adding a kind of route is one processor class and one entry here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
 
-from extproc.providers import ParsedRequest, Provider
-from extproc.providers import anthropic as _anthropic
-from extproc.providers import openai as _openai
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from extproc.gate.endpoints import ENDPOINTS, normalise
+from extproc.gate.governed import GovernedProcessor
+from extproc.gate.passthrough import PassthroughProcessor
+from extproc.gate.processor import Processor, header_map
+from extproc.gate.runtime import Runtime
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    name: str  # metrics label
-    provider: Provider
-    parse: Callable[[dict[str, Any]], ParsedRequest]
-    upstream: str  # Envoy cluster the request is routed to
+ProcessorFactory = Callable[..., Processor]  # (runtime=, request_headers=) -> a processor
 
-
-ROUTES: dict[str, Endpoint] = {
-    "/v1/chat/completions": Endpoint(
-        "chat.completions", _openai.PROVIDER, _openai.parse_chat_request, "openai"
-    ),
-    "/v1/messages": Endpoint(
-        "messages", _anthropic.PROVIDER, _anthropic.parse_messages_request, "anthropic"
-    ),
+ROUTES: dict[tuple[str, str], ProcessorFactory] = {
+    ("POST", path): functools.partial(GovernedProcessor, endpoint=endpoint)
+    for path, endpoint in ENDPOINTS.items()
 }
-
-# Unknown paths are answered in this schema when they must be refused.
-DEFAULT_PROVIDER: Provider = _openai.PROVIDER
-DEFAULT_UPSTREAM = "openai"
+FALLBACK: ProcessorFactory = PassthroughProcessor
 
 
-def match(path: str) -> Endpoint | None:
-    """The endpoint governing `path` (query string ignored), or None to pass through."""
-    return ROUTES.get(path.partition("?")[0].rstrip("/") or "/")
+def open_processor(runtime: Runtime, request: ep.ProcessingRequest) -> Processor:
+    """The processor for the stream that `request` (its first message: the request headers)
+    opens."""
+    headers: Mapping[str, str] = (
+        header_map(request.request_headers) if request.HasField("request_headers") else {}
+    )
+    key = (headers.get(":method", ""), normalise(headers.get(":path", "/")))
+    factory = ROUTES.get(key, FALLBACK)
+    return factory(runtime=runtime, request_headers=headers)

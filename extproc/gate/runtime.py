@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from extproc.gate.credentials import Secret
+from extproc.gate.identity import Caller
 from extproc.policy.model import PolicySnapshot
 from extproc.policy.overrides import OverrideBook
 from extproc.policy.prices import PriceTable
 from extproc.providers.tokens import TokenCounter
 from extproc.quota.failover import FailoverStore
-from extproc.telemetry.events import EventBus
+from extproc.telemetry.events import Event, EventBus
 from extproc.telemetry.ledger import Ledger
 from extproc.telemetry.metrics import Metrics
 
@@ -58,6 +59,10 @@ class Runtime:
     ledger: Ledger = field(default_factory=Ledger)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: os.urandom(6).hex())
+
+    def publish(self, kind: str, message: str, caller: Caller, limit: str) -> None:
+        """An event about one caller, for `tokengate ctl events`."""
+        self.events.publish(Event(kind, message, caller.namespace, caller.key_name or "", limit))
 
     def next_request_id(self) -> str:
         """Unique across restarts and workers; never taken from a client header."""

@@ -1,7 +1,7 @@
 """One streamed (SSE) answer, chunk by chunk: parse, count, and shape what the client gets.
 
-Pure CPU, no I/O: the processor asks this object what a chunk means, decides with the quota
-store whether the stream may go on, and tells it what was delivered.
+Pure CPU, no I/O: the processor asks this object what a chunk means; the stream's budget
+(`budget.StreamBudget`) decides with the quota store whether it may be delivered.
 
 What the client receives is always whole events: the incomplete tail of a chunk is held
 back and sent with the next one, so that a stream can be cut at any chunk with a clean
@@ -9,12 +9,7 @@ provider-format error event (a half-sent event followed by our error would make 
 on JSON instead of raising the error). Chunks that already end on an event boundary — the
 usual case — pass through untouched.
 
-Debit rule (bounded store traffic): a stream first spends its own reservation (prompt +
-expected completion). Past it, each time the count outgrows what it holds it asks the store
-for `DEBIT_BATCH_TOKENS` more (or the shortfall if larger), and when a batch no longer fits,
-for exactly the shortfall. So a stream needs no store traffic while within its reservation,
-at most one round trip per batch beyond it, and is cut only when not even the tokens of the
-current chunk fit: the tokens delivered never exceed the budget.
+How far a stream may run is the budget's rule (`budget.py`).
 """
 
 from __future__ import annotations
@@ -25,8 +20,6 @@ from dataclasses import dataclass
 from extproc.providers import Provider, tokens
 from extproc.providers.sse import Event, SSEError, SSEParser
 
-DEBIT_BATCH_TOKENS = 64
-
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
@@ -35,6 +28,15 @@ class Chunk:
 
     forward: bytes | None
     tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """When a chunk's tokens arrived, for the latency histograms: the first token's delay
+    after admission, or the gap since the previous tokens spread over these ones."""
+
+    first_token_s: float | None = None
+    per_token_s: float | None = None
 
 
 def encode(event: Event) -> bytes:
@@ -50,22 +52,15 @@ class AnswerStream:
         provider: Provider,
         encoding: str,
         hide_usage_event: bool,
-        prompt_tokens: int,
-        reserved_tokens: int,
         started: float,
     ) -> None:
         self._parser = SSEParser()
         self.reader = provider.stream_reader(hide_usage_event=hide_usage_event)
         self._encoding = encoding
         self._held = b""
-        self.prompt_tokens = prompt_tokens
-        self.granted = reserved_tokens  # tokens this stream holds in the store
-        self.completion = 0  # tokens delivered to the client
         self.broken = False  # not SSE we can read: forwarded untouched, counted no further
-        self.started = started  # perf_counter() when the request was admitted
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-        self.previous_token_at: float | None = None
+        self._last_token_at = started  # perf_counter(): admission, then the latest tokens
+        self._seen_tokens = False
 
     def take(self, chunk: bytes, *, end_of_stream: bool) -> Chunk:
         if self.broken:
@@ -92,18 +87,13 @@ class AnswerStream:
         count = tokens.count("".join(texts), self._encoding) if texts else 0
         return Chunk(None if forward is chunk else forward, count)
 
-    def shortfall(self, more: int) -> int:
-        """Tokens this stream must still get from the store to deliver `more`."""
-        return self.prompt_tokens + self.completion + more - self.granted
-
-    def delivered(self, count: int) -> None:
-        if count:
-            now = time.perf_counter()
-            if self.first_token_at is None:
-                self.first_token_at = now
-            self.previous_token_at, self.last_token_at = self.last_token_at, now
-        self.completion += count
-
-    @property
-    def used_tokens(self) -> int:
-        return self.prompt_tokens + self.completion
+    def pace(self, count: int) -> Pace | None:
+        """Note that `count` tokens were delivered now; their timing (None for no tokens)."""
+        if not count:
+            return None
+        now = time.perf_counter()
+        gap, self._last_token_at = now - self._last_token_at, now
+        if not self._seen_tokens:
+            self._seen_tokens = True
+            return Pace(first_token_s=gap)
+        return Pace(per_token_s=gap / count)

@@ -2,8 +2,7 @@
 
 `MemoryBackend` keeps one meter per limit key and calls these methods; the Redis backend's
 Lua script (`redis_scripts.lua`) implements the same arithmetic on the same state, and the
-shared backend suite (tests/integration/test_quota_backends.py) holds both to identical
-answers.
+shared backend suite (tests/integration/test_quota_*.py) holds both to identical answers.
 
 Every meter answers the same questions:
     used(now)            what counts against the limit now (feeds x-ratelimit-* headers)

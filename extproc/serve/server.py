@@ -8,12 +8,10 @@ import json
 import logging
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,127 +19,13 @@ from prometheus_client import start_http_server
 
 from extproc.control.server import start_control
 from extproc.errors import ConfigError
-from extproc.gate import replies
-from extproc.gate.credentials import Secret
-from extproc.gate.processor import Processor
-from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
-from extproc.policy import load_directories
-from extproc.policy.overrides import OverrideBook
-from extproc.policy.prices import load_price_table
-from extproc.providers import tokens
-from extproc.quota import MemoryBackend
-from extproc.quota.backends.redis import RedisBackend, connect
-from extproc.quota.costing import check_prices
-from extproc.quota.failover import FailoverStore
+from extproc.gate.runtime import Runtime
+from extproc.gate.service import ExternalProcessor
 from extproc.serve.reload import Reloader
 from extproc.serve.settings import ServeSettings
-from extproc.telemetry.events import EventBus
-from extproc.telemetry.ledger import Ledger
-from extproc.telemetry.metrics import Metrics
+from extproc.serve.wiring import build_runtime
 
 log = logging.getLogger(__name__)
-
-_Handler = Callable[[Processor, ep.ProcessingRequest], Awaitable[ep.ProcessingResponse]]
-# Each phase's message, plus what else of the request it needs (the request headers carry
-# the metadata Envoy forwards: the verified service-account claims).
-_PHASES: dict[str, _Handler] = {
-    "request_headers": lambda p, r: p.on_request_headers(r.request_headers, r.metadata_context),
-    "request_body": lambda p, r: p.on_request_body(r.request_body),
-    "response_headers": lambda p, r: p.on_response_headers(r.response_headers),
-    "response_body": lambda p, r: p.on_response_body(r.response_body),
-}
-_TRAILERS = {
-    "request_trailers": ep.ProcessingResponse(request_trailers=ep.TrailersResponse()),
-    "response_trailers": ep.ProcessingResponse(response_trailers=ep.TrailersResponse()),
-}
-
-
-class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """One `Processor` per stream; settlement is handed to a task the shutdown waits for,
-    so a client that disconnects mid-request still has its usage settled."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._rt = runtime
-        self._phase_seconds = {p: runtime.metrics.phase_seconds.labels(p) for p in _PHASES}
-        self.settling: set[asyncio.Task[None]] = set()
-
-    async def Process(
-        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
-    ) -> AsyncIterator[ep.ProcessingResponse]:
-        processor = Processor(self._rt)
-        self._rt.metrics.streams_open.inc()
-        try:
-            async for request in request_iterator:
-                phase = request.WhichOneof("request")
-                handler = _PHASES.get(phase)
-                if handler is None:
-                    if phase in _TRAILERS:
-                        yield _TRAILERS[phase]
-                    continue
-                if phase == "request_body" and processor.needs_more_time(request.request_body):
-                    yield replies.extend_timeout_reply(self._rt.limits.slow_count_timeout_s)
-                started = time.perf_counter()
-                try:
-                    reply = await handler(processor, request)
-                except Exception as exc:  # noqa: BLE001 - a bug must still answer the client
-                    reply = processor.internal_error(exc)
-                self._phase_seconds[phase].observe(time.perf_counter() - started)
-                yield reply
-        finally:
-            self._rt.metrics.streams_open.dec()
-            task = asyncio.get_running_loop().create_task(processor.finish())
-            self.settling.add(task)
-            task.add_done_callback(self._settled)
-
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self.settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("settling a request failed", exc_info=task.exception())
-
-
-def build_runtime(settings: ServeSettings) -> Runtime:
-    """Everything a worker needs; must run inside its event loop (the Redis pool binds to
-    it)."""
-    tokens.use_vocab_dir(settings.vocab_dir)
-    prices = load_price_table(settings.price_table) if settings.price_table else None
-    snapshot = load_directories(settings.policy_dirs, allow_usd=prices is not None)
-    check_prices(snapshot.policies.values(), prices)
-    credentials: dict[str, Secret] = {}
-    for upstream, source in settings.credentials.items():
-        secret = source.load()
-        if secret is not None:
-            credentials[upstream] = secret
-    counter = tokens.TokenCounter(threads=settings.tokenizer_threads)
-    counter.warm_up()
-    metrics = Metrics()
-    metrics.policy_version.labels(snapshot.version).set(1)
-    shared, client = None, None
-    if settings.shared_store:
-        client = connect(
-            settings.quota_store,
-            timeout_s=settings.store_timeout_s,
-            max_in_flight=settings.store_connections,
-            password=settings.quota_store_password(),
-        )
-        shared = RedisBackend(client, lease_ttl_s=settings.lease_ttl_s)
-    events = EventBus()
-    store = FailoverStore(
-        local=MemoryBackend(lease_ttl_s=settings.lease_ttl_s), shared=shared, metrics=metrics,
-        probe_interval_s=settings.probe_interval_s, events=events,
-        max_in_flight=settings.store_connections,
-    )  # fmt: skip
-    return Runtime(
-        policies=SnapshotHolder(snapshot),
-        store=store,
-        counter=counter,
-        credentials=CredentialsHolder(credentials),
-        metrics=metrics,
-        limits=Limits(max_body_bytes=settings.max_body_bytes),
-        prices=prices,
-        events=events,
-        overrides=OverrideBook(client=client),
-        ledger=Ledger(client=client),
-    )
 
 
 async def serve_settings(settings: ServeSettings) -> None:

@@ -24,8 +24,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from extproc.errors import ConfigError
-from extproc.serve.server import announce_ready, build_runtime, serve, serve_settings
+from extproc.serve.server import announce_ready, serve, serve_settings
 from extproc.serve.settings import Address, ServeSettings
+from extproc.serve.wiring import build_runtime
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 120.0

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from extproc.gate.stream import AnswerStream
     from extproc.providers import Usage
 
 # ext_proc messages are handled in tens of microseconds; the buckets resolve that.
@@ -161,15 +160,13 @@ class Metrics:
         self.tokens.labels(namespace, label, "completion").inc(completion)
         self.usage_source.labels(source).inc()
 
-    def observe_stream(self, stream: AnswerStream, new_tokens: int) -> None:
-        """Called after a chunk was delivered (its tokens already counted in)."""
-        if not new_tokens:
-            return
-        if stream.completion == new_tokens and stream.first_token_at is not None:
-            self.time_to_first_token.observe(stream.first_token_at - stream.started)
-        elif stream.previous_token_at is not None and stream.last_token_at is not None:
-            gap = stream.last_token_at - stream.previous_token_at
-            self.inter_token.observe(gap / new_tokens)
+    def observe_pace(self, *, first_token_s: float | None, per_token_s: float | None) -> None:
+        """A chunk's tokens arrived: the first token's delay, or the gap per token since the
+        previous ones (`gate.stream.Pace`)."""
+        if first_token_s is not None:
+            self.time_to_first_token.observe(first_token_s)
+        if per_token_s is not None:
+            self.inter_token.observe(per_token_s)
 
     def observe_count_error(self, model: str, counted: int, usage: Usage | None) -> None:
         if usage is not None and usage.completion_tokens > 0:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,11 @@ from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHol
 from extproc.policy import parse_documents
 from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy
 from extproc.providers.tokens import TokenCounter
-from extproc.quota import MemoryBackend
+from extproc.quota import MemoryBackend, limits_for
 from extproc.quota.failover import FailoverStore
 from extproc.telemetry.metrics import Metrics
 from tests import envoy_messages as em
+from tests.gate_driver import start
 
 POLICY = f"""
 apiVersion: tokengate.dev/v1
@@ -78,23 +78,24 @@ def run(coro: Any) -> Any:
 
 
 async def _admit(rt: Runtime, payload: dict[str, Any] = CHAT) -> tuple[Processor, Any]:
-    processor = Processor(rt)
-    await processor.on_request_headers(em.request_headers("tg-key"))
+    processor, _ = await start(rt, em.request_headers("tg-key"))
     return processor, await processor.on_request_body(em.body(payload))
 
 
-def _used(rt: Runtime, limit: str) -> int:
-    """What the in-process store counts for `limit` now (0 when it never counted any)."""
-    meters = rt.store._local._meters
-    meter = next((m for key, m in meters.items() if key.endswith(":" + limit)), None)
-    return 0 if meter is None else meter.used(time.time())
+async def _used(rt: Runtime, limit: str) -> int:
+    """What the quota store counts now for the team's limit named `limit` (asked through the
+    store's own interface, as the control API does)."""
+    policy = rt.policies.current.policies["team"]
+    scoped = next(s for s in limits_for(policy, None) if s.limit.name == limit)
+    (state,) = await rt.store.peek([scoped])
+    return state.used
 
 
 def test_headers_strip_every_client_credential_and_inject_the_provider_key(
     runtime: Runtime,
 ) -> None:
     extra = [("x-api-key", "sk-client"), ("Api-Key", "x"), ("x-goog-api-key", "y")]
-    reply = run(Processor(runtime).on_request_headers(em.request_headers("tg-key", extra=extra)))
+    _, reply = run(start(runtime, em.request_headers("tg-key", extra=extra)))
     common = reply.request_headers.response
     assert em.set_headers(common.header_mutation) == {
         "authorization": "Bearer sk-provider",
@@ -116,7 +117,7 @@ def test_headers_strip_every_client_credential_and_inject_the_provider_key(
 def test_callers_without_identity_or_policy_are_refused(
     runtime: Runtime, key: str | None, status: int, code: str
 ) -> None:
-    reply = run(Processor(runtime).on_request_headers(em.request_headers(key)))
+    _, reply = run(start(runtime, em.request_headers(key)))
     assert reply.immediate_response.status.code == status
     assert f'"code": "{code}"' in reply.immediate_response.body.decode()
     assert b"sk-provider" not in reply.SerializeToString()
@@ -124,14 +125,13 @@ def test_callers_without_identity_or_policy_are_refused(
 
 def test_declared_body_over_the_limit_is_refused_before_reading_it(runtime: Runtime) -> None:
     headers = em.request_headers("tg-key", extra=[("content-length", "10001")])
-    reply = run(Processor(runtime).on_request_headers(headers))
+    _, reply = run(start(runtime, headers))
     assert reply.immediate_response.status.code == 413
 
 
 def test_partial_body_means_over_the_buffer_limit(runtime: Runtime) -> None:
     async def scenario() -> Any:
-        processor = Processor(runtime)
-        await processor.on_request_headers(em.request_headers("tg-key"))
+        processor, _ = await start(runtime, em.request_headers("tg-key"))
         return await processor.on_request_body(em.body(CHAT, end_of_stream=False))
 
     assert run(scenario()).immediate_response.status.code == 413
@@ -147,7 +147,7 @@ def test_reserve_then_settle_with_provider_usage(runtime: Runtime) -> None:
     async def scenario() -> int:
         processor, reply = await _admit(runtime)
         assert reply == replies.REQUEST_BODY_CONTINUE
-        reserved = _used(runtime, "tokens")
+        reserved = await _used(runtime, "tokens")
         headers = await processor.on_response_headers(em.response_headers(200))
         assert em.set_headers(headers.response_headers.response.header_mutation)[
             "x-ratelimit-remaining-tokens"
@@ -158,8 +158,8 @@ def test_reserve_then_settle_with_provider_usage(runtime: Runtime) -> None:
 
     reserved = run(scenario())
     assert reserved == PROMPT + 100  # defaultMaxTokens when the request names none
-    assert _used(runtime, "tokens") == PROMPT + 20
-    assert _used(runtime, "rpm") == 1
+    assert run(_used(runtime, "tokens")) == PROMPT + 20
+    assert run(_used(runtime, "rpm")) == 1
 
 
 def test_answer_is_settled_before_its_reply_so_the_next_call_finds_its_slot(
@@ -173,7 +173,7 @@ def test_answer_is_settled_before_its_reply_so_the_next_call_finds_its_slot(
         first, _ = await _admit(runtime)
         await first.on_response_headers(em.response_headers(200))
         await first.on_response_body(em.body(em.completion(PROMPT, 20)))
-        settled = _used(runtime, "tokens"), _used(runtime, "inflight")
+        settled = await _used(runtime, "tokens"), await _used(runtime, "inflight")
         _, reply = await _admit(runtime)  # `first.finish()` has not run yet
         await first.finish()
         return settled, reply
@@ -198,7 +198,7 @@ def test_usage_is_read_from_an_answer_split_across_chunks(runtime: Runtime) -> N
         await processor.finish()
 
     run(scenario())
-    assert _used(runtime, "tokens") == PROMPT + 33
+    assert run(_used(runtime, "tokens")) == PROMPT + 33
 
 
 def test_answer_over_the_body_limit_is_charged_as_reserved(runtime: Runtime) -> None:
@@ -212,7 +212,7 @@ def test_answer_over_the_body_limit_is_charged_as_reserved(runtime: Runtime) -> 
         await processor.finish()
 
     run(scenario())
-    assert _used(runtime, "tokens") == PROMPT + 100  # usage unreadable past 10,000 bytes
+    assert run(_used(runtime, "tokens")) == PROMPT + 100  # usage unreadable past 10,000 bytes
 
 
 def test_upstream_error_releases_tokens_and_skips_the_body(runtime: Runtime) -> None:
@@ -224,8 +224,8 @@ def test_upstream_error_releases_tokens_and_skips_the_body(runtime: Runtime) -> 
 
     reply = run(scenario())
     assert reply.mode_override == replies.SKIP_RESPONSE_BODY_MODE
-    assert _used(runtime, "tokens") == 0
-    assert _used(runtime, "rpm") == 1
+    assert run(_used(runtime, "tokens")) == 0
+    assert run(_used(runtime, "rpm")) == 1
 
 
 def test_client_gone_before_the_answer_settles_the_reservation_once(runtime: Runtime) -> None:
@@ -241,26 +241,26 @@ def test_client_gone_before_the_answer_settles_the_reservation_once(runtime: Run
         assert admitted == replies.REQUEST_BODY_CONTINUE
 
     run(scenario())
-    assert _used(runtime, "tokens") == 2 * (PROMPT + 100)  # no usage: charged as reserved
+    assert run(_used(runtime, "tokens")) == 2 * (PROMPT + 100)  # no usage: charged as reserved
 
 
 def test_unknown_path_passes_through_on_request_limits_only(runtime: Runtime) -> None:
     async def scenario() -> Any:
-        processor = Processor(runtime)
-        reply = await processor.on_request_headers(
-            em.request_headers("tg-key", path="/v1/models", method="GET")
+        processor, reply = await start(
+            runtime, em.request_headers("tg-key", path="/v1/models", method="GET")
         )
         await processor.finish()
         return reply
 
     reply = run(scenario())
     assert reply.mode_override == replies.PASSTHROUGH_MODE
-    assert _used(runtime, "rpm") == 1
-    assert _used(runtime, "tokens") == 0
+    assert run(_used(runtime, "rpm")) == 1
+    assert run(_used(runtime, "tokens")) == 0
 
 
 def test_internal_error_reply_carries_no_internals(runtime: Runtime) -> None:
-    reply = Processor(runtime).internal_error(RuntimeError("secret detail sk-provider"))
+    processor, _ = run(start(runtime, em.request_headers("tg-key")))
+    reply = processor.internal_error(RuntimeError("secret detail sk-provider"))
     body = reply.immediate_response.body.decode()
     assert reply.immediate_response.status.code == 500
     assert "secret detail" not in body and "sk-provider" not in body
@@ -291,7 +291,7 @@ def test_stream_over_budget_is_cut_with_an_error_event_then_reset(runtime: Runti
         answers = [await processor.on_response_body(em.body(_sse(words), end_of_stream=False))
                    for _ in range(6)]  # fmt: skip
         await processor.finish()
-        return answers, _used(runtime, "tokens")
+        return answers, await _used(runtime, "tokens")
 
     answers, used = run(scenario())
     passed = [r for r in answers if r == replies.RESPONSE_BODY_CONTINUE]
@@ -309,6 +309,6 @@ def test_client_gone_mid_stream_is_charged_what_was_delivered(runtime: Runtime) 
         await processor.on_response_headers(sse)
         await processor.on_response_body(em.body(_sse(" a b c"), end_of_stream=False))
         await processor.finish()  # Envoy closed the stream: the client went away
-        return _used(runtime, "tokens")
+        return await _used(runtime, "tokens")
 
     assert run(scenario()) == PROMPT + 3

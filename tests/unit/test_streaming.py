@@ -29,11 +29,10 @@ USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 DONE = b"data: [DONE]\n\n"
 
 
-def stream(*, hide: bool = False, reserved: int = 100) -> AnswerStream:
+def stream(*, hide: bool = False) -> AnswerStream:
     return AnswerStream(
-        provider=oa.PROVIDER, encoding="o200k_base", hide_usage_event=hide,
-        prompt_tokens=7, reserved_tokens=reserved, started=0.0,
-    )  # fmt: skip
+        provider=oa.PROVIDER, encoding="o200k_base", hide_usage_event=hide, started=0.0
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -97,14 +96,15 @@ def test_an_oversized_event_stops_governance_but_never_the_answer() -> None:
     assert answer.take(chunk_event(" more"), end_of_stream=True) == type(step)(None, 0)
 
 
-def test_shortfall_counts_prompt_delivered_and_new_tokens_against_the_grant() -> None:
-    answer = stream(reserved=20)
-    assert answer.shortfall(13) == 0  # 7 prompt + 13 = 20 held
-    answer.delivered(13)
-    assert answer.shortfall(5) == 5
-    answer.granted += 64
-    assert answer.shortfall(5) == -59
-    assert answer.used_tokens == 20
+def test_pace_reports_the_first_token_delay_then_the_gap_per_token() -> None:
+    answer = stream()
+    assert answer.pace(0) is None  # a chunk without tokens has no timing
+    first = answer.pace(3)
+    assert first is not None and first.per_token_s is None
+    assert first.first_token_s is not None and first.first_token_s > 0  # since started=0.0
+    later = answer.pace(4)
+    assert later is not None and later.first_token_s is None
+    assert later.per_token_s is not None and later.per_token_s >= 0
 
 
 @pytest.mark.parametrize(

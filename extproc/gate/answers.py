@@ -1,0 +1,194 @@
+"""The answer of an admitted request, plain or streamed, and its settlement.
+
+Both kinds take over the reservation once the upstream answered 2xx and settle it exactly
+once: at the end of the body, on a cut, or when the stream ends early (`settle`, which the
+processor also calls from `finish`). Settlement replaces the reservation by the true cost:
+the provider's reported usage when it arrived, else our own count; a plain answer without
+usage is charged its reservation (the upstream may have billed a full answer, and
+over-charging an estimate beats losing usage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc._json import decode_object
+from extproc.errors import ClientError
+from extproc.gate import replies
+from extproc.gate.admission import Admission
+from extproc.gate.budget import Cut, StreamBudget
+from extproc.gate.runtime import Runtime
+from extproc.gate.stream import AnswerStream
+from extproc.providers import Provider, Usage
+from extproc.providers.tokens import encoding_name_for
+from extproc.quota import Reservation
+
+
+async def settle(
+    rt: Runtime,
+    admission: Admission,
+    reservation: Reservation,
+    *,
+    prompt: int,
+    completion: int,
+    cached: int = 0,
+    source: str = "counted",
+) -> None:
+    """Charge the true cost in place of the reservation, and record it (ledger, metrics)."""
+    actual = admission.costing.actual(prompt, completion, cached)
+    await rt.store.settle(reservation, actual)
+    caller = admission.tenant.caller
+    rt.ledger.record(caller.namespace, caller.key_name, actual)
+    rt.metrics.record_tokens(
+        caller.namespace, admission.model, prompt=prompt, completion=completion, source=source
+    )
+
+
+async def settle_usage(
+    rt: Runtime, admission: Admission, reservation: Reservation, usage: Usage
+) -> None:
+    await settle(
+        rt, admission, reservation, prompt=usage.prompt_tokens,
+        completion=usage.completion_tokens, cached=usage.cached_prompt_tokens, source="provider",
+    )  # fmt: skip
+
+
+class PlainAnswer:
+    """A buffered answer: kept (up to the body limit) until its end, then settled on the
+    `usage` it carries, before the last reply goes out — a caller's next request, sent the
+    moment it has this answer, must find its concurrency slot and unused tokens given back."""
+
+    cut: Cut | None = None  # a plain answer is never cut
+
+    def __init__(self, *, runtime: Runtime, admission: Admission, provider: Provider) -> None:
+        self._rt = runtime
+        self._admission = admission
+        self._provider = provider
+        self._reservation: Reservation | None = admission.reservation
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        self._keep(msg.body)
+        if msg.end_of_stream:
+            await self._settle_from(b"".join(self._chunks))
+        return replies.RESPONSE_BODY_CONTINUE
+
+    def _keep(self, chunk: bytes) -> None:
+        """Past the body limit, usage is unreadable and the reservation is charged as it
+        stands (the answer itself flows on untouched)."""
+        self._size += len(chunk)
+        if self._size <= self._rt.limits.max_body_bytes:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()
+
+    async def _settle_from(self, body: bytes) -> None:
+        reservation, self._reservation = self._reservation, None
+        if reservation is None:
+            return
+        usage = self._provider.parse_usage(_loads_or_empty(body)) if body else None
+        if usage is None:
+            await self._rt.store.settle(reservation, reservation.cost)
+        else:
+            await settle_usage(self._rt, self._admission, reservation, usage)
+
+    async def settle(self) -> None:
+        """Ended before its last byte (the client left): charged its reservation."""
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            await self._rt.store.settle(reservation, reservation.cost)
+
+
+class StreamedAnswer:
+    """An SSE answer, chunk by chunk: each chunk is parsed and counted (`AnswerStream`),
+    covered by the stream's budget (`StreamBudget`) or cut with a provider-format error
+    event naming the limit; the next message after a cut is answered with an immediate
+    response, which makes Envoy reset both sides so the provider stops generating."""
+
+    def __init__(self, *, runtime: Runtime, admission: Admission, provider: Provider) -> None:
+        self._rt = runtime
+        self._admission = admission
+        self._provider = provider
+        request = admission.request
+        self._stream = AnswerStream(
+            provider=provider,
+            encoding=encoding_name_for(request.model),
+            hide_usage_event=request.hide_usage_event,
+            started=admission.admitted_at,
+        )
+        self._budget = StreamBudget(
+            store=runtime.store,
+            metrics=runtime.metrics,
+            reservation=admission.reservation,
+            costing=admission.costing,
+            fail_mode=admission.tenant.policy.fail_mode,
+            prompt_tokens=admission.prompt_tokens,
+        )
+        self.cut: Cut | None = None
+
+    async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        if self.cut is not None:
+            error = self.cut.error
+            return replies.immediate_reply(
+                status=error.status,
+                body=self._provider.error_body(error),
+                headers={},
+                details="tokengate_stream_cut",
+            )
+        chunk = self._stream.take(msg.body, end_of_stream=msg.end_of_stream)
+        if not self._budget.open:  # settled already (the client left): just pass it on
+            return _body_reply(chunk.forward)
+        cut = await self._budget.cover(chunk.tokens)
+        if cut is not None:
+            return await self._cut(cut)
+        pace = self._stream.pace(chunk.tokens)
+        if pace is not None:
+            self._rt.metrics.observe_pace(
+                first_token_s=pace.first_token_s, per_token_s=pace.per_token_s
+            )
+        if msg.end_of_stream:
+            await self.settle()
+        return _body_reply(chunk.forward)
+
+    async def _cut(self, cut: Cut) -> ep.ProcessingResponse:
+        """Replace this chunk by the error event; charge what was delivered before it."""
+        self.cut = cut
+        caller = self._admission.tenant.caller
+        self._rt.metrics.streams_cut.labels(caller.namespace, cut.limit).inc()
+        self._rt.publish("cut", cut.error.message, caller, cut.limit)
+        await self.settle()
+        return _body_reply(self._provider.stream_error(cut.error))
+
+    async def settle(self) -> None:
+        """Charge what the stream delivered, on the provider's usage when it arrived (the
+        client may close as soon as it read the last event, before Envoy sent us
+        end_of_stream), else on our count."""
+        reservation = self._budget.close()
+        if reservation is None:
+            return
+        usage = self._stream.reader.usage
+        delivered = self._budget.delivered
+        self._rt.metrics.observe_count_error(self._admission.model, delivered, usage)
+        if usage is None:
+            await settle(
+                self._rt, self._admission, reservation,
+                prompt=self._admission.prompt_tokens, completion=delivered,
+            )  # fmt: skip
+        else:
+            await settle_usage(self._rt, self._admission, reservation, usage)
+
+
+def _body_reply(forward: bytes | None) -> ep.ProcessingResponse:
+    if forward is None:
+        return replies.RESPONSE_BODY_CONTINUE
+    return replies.response_body_reply(forward)
+
+
+def _loads_or_empty(body: bytes) -> dict[str, Any]:
+    try:
+        return decode_object(body)
+    except ClientError:
+        return {}

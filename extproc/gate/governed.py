@@ -1,0 +1,131 @@
+"""A request to a governed endpoint (a POST that generates): its body is parsed and its prompt
+counted, its estimated cost reserved against every limit of the caller, and its answer —
+plain or streamed — counted and settled (`answers.py`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc._json import decode_object
+from extproc.errors import ClientError, PayloadTooLarge
+from extproc.gate import replies
+from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
+from extproc.gate.answers import PlainAnswer, StreamedAnswer
+from extproc.gate.endpoints import Endpoint
+from extproc.gate.processor import Processor, header_map, succeeded
+from extproc.gate.runtime import Runtime
+from extproc.providers import ParsedRequest
+from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
+from extproc.quota import Reservation
+from extproc.quota.costing import Costing
+
+
+class GovernedProcessor(Processor):
+    mode = replies.GOVERNED_MODE
+
+    def __init__(
+        self, *, runtime: Runtime, request_headers: Mapping[str, str], endpoint: Endpoint
+    ) -> None:
+        super().__init__(
+            runtime=runtime, request_headers=request_headers, provider=endpoint.provider
+        )
+        self._endpoint = endpoint
+        self.upstream = endpoint.upstream
+        self._model = "-"  # known once the body is parsed, refused or not
+        self._admission: Admission | None = None
+        # Held here from admission until the answer (plain or streamed) takes it over.
+        self._reservation: Reservation | None = None
+        self._answer: PlainAnswer | StreamedAnswer | None = None
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def admit_headers(self, tenant: Tenant) -> None:
+        declared = self._request_headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._rt.limits.max_body_bytes:
+            raise self._too_large(int(declared))
+
+    def needs_more_time(self, msg: ep.HttpBody) -> bool:
+        """A body this large is counted off-thread; ask Envoy to wait longer for it."""
+        return len(msg.body) > OFFLOAD_CHARS
+
+    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        assert self._tenant is not None, "Envoy sends the body only after the headers passed"
+        try:
+            self._admission = admission = await self._admit(self._tenant, msg)
+        except ClientError as error:
+            return self.refuse(error)
+        self._reservation = admission.reservation
+        rewritten = admission.request.rewritten_body
+        if rewritten is not None:
+            return replies.request_body_reply(rewritten)
+        return replies.REQUEST_BODY_CONTINUE
+
+    async def _admit(self, tenant: Tenant, msg: ep.HttpBody) -> Admission:
+        if not msg.end_of_stream or len(msg.body) > self._rt.limits.max_body_bytes:
+            raise self._too_large(len(msg.body))
+        parsed = self._endpoint.parse(decode_object(msg.body))
+        self._model = parsed.model
+        check_model(tenant, parsed.model)
+        costing = Costing.for_request(self._rt.prices, tenant.limits, parsed.model)
+        prompt = await self._count_prompt(parsed)
+        expected = expected_completion(
+            tenant.policy, asked=parsed.max_output_tokens, stream=parsed.stream
+        )
+        reservation = await self.reserve(tenant, costing.estimate(prompt, expected))
+        return Admission(
+            tenant=tenant, request=parsed, costing=costing, prompt_tokens=prompt,
+            reservation=reservation, admitted_at=time.perf_counter(),
+        )  # fmt: skip
+
+    async def _count_prompt(self, parsed: ParsedRequest) -> int:
+        encoding = encoding_name_for(parsed.model)
+        counted = await self._rt.counter.count_texts(parsed.prompt_texts, encoding)
+        return parsed.framing_tokens + counted
+
+    def _too_large(self, size: int) -> PayloadTooLarge:
+        limit = self._rt.limits.max_body_bytes
+        return PayloadTooLarge(f"Request body of {size} bytes exceeds the limit of {limit} bytes.")
+
+    async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
+        headers = header_map(msg)
+        if not succeeded(headers):
+            self.outcome = "upstream_error"
+            reservation, self._reservation = self._reservation, None
+            if reservation is not None:
+                await self._rt.store.release(reservation)
+            return replies.response_headers_reply(
+                set_headers=self._headers, mode=replies.SKIP_RESPONSE_BODY_MODE
+            )
+        if self._admission is not None:
+            self._reservation = None  # the answer settles it from now on
+            kind = StreamedAnswer if _is_stream(headers) else PlainAnswer
+            self._answer = kind(
+                runtime=self._rt, admission=self._admission, provider=self._provider
+            )
+        return replies.response_headers_reply(set_headers=self._headers, mode=None)
+
+    async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        if self._answer is None:
+            return replies.RESPONSE_BODY_CONTINUE
+        reply = await self._answer.on_body(msg)
+        if self._answer.cut is not None:
+            self.outcome = "cut"
+        elif msg.end_of_stream:
+            self.outcome = "ok"
+        return reply
+
+    async def settle_at_end(self) -> None:
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:  # admitted, no answer yet: charged as reserved
+            await self._rt.store.settle(reservation, reservation.cost)
+        if self._answer is not None:
+            await self._answer.settle()
+
+
+def _is_stream(response_headers: Mapping[str, str]) -> bool:
+    return response_headers.get("content-type", "").startswith("text/event-stream")
