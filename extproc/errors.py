@@ -2,7 +2,9 @@
 
 Everything tokengate raises on purpose derives from `TokengateError`. Lower-level exceptions
 (json, yaml, redis, grpc, OS) are translated at the module boundary that sees them
-(`raise ... from exc`), so callers only ever handle the classes below.
+(`raise ... from exc`), so callers only ever handle the classes below. Classes defined
+elsewhere name their module; tests/unit/test_error_tree.py checks this drawing against the
+classes that exist (every subclass drawn, under its real parent, in its real module).
 
     TokengateError
     ├── ClientError            an answer the caller sees, rendered in the provider's format
@@ -14,10 +16,22 @@ Everything tokengate raises on purpose derives from `TokengateError`. Lower-leve
     │   ├── InternalFailure      500  a bug in tokengate: generic text, details only in the log
     │   └── Unavailable          503  a dependency is down and the policy fails closed
     ├── ConfigError            bad settings or a bad policy file: stops start-up, never a request
-    │   └── PolicyError          names the file, the document and the field
+    │   ├── PolicyError          names the file, the document and the field
+    │   └── PriceTableError (extproc.policy.prices)   names the file and the field
+    ├── InvariantError         a bug in tokengate (an impossible value reached a function):
+    │                            never answered as itself; the server logs it and answers
+    │                            InternalFailure, a command fails with its stack
     ├── QuotaStoreError        the quota store could not be reached or answered nonsense
-    └── SSEError (extproc.providers.sse)   an upstream stream we cannot read (an event over 1 MiB):
-                                 the answer still flows, governance of it stops
+    ├── SSEError (extproc.providers.sse)   an upstream stream we cannot read (an event over
+    │                            1 MiB): the answer still flows, governance of it stops
+    ├── KubeApiError (extproc.kube.policysync._kubeapi)   policy-sync: the API server is
+    │   │                        unreachable, refused us or answered nonsense; retried
+    │   └── ResourceExpired (extproc.kube.policysync._kubeapi)   410 Gone: list again
+    ├── CtlError (extproc.ctl.exits)   `tokengate ctl`: one line on stderr and the exit code
+    │                            scripts rely on (auth 3, unreachable 4, refused 1)
+    └── StackError (extproc.dev.stack)   the local stack (`tokengate dev`, tests, bench) could
+                                 not start or run: a port it was given is in use (nothing
+                                 started), or a part failed (the message has its log tail)
 
 Client-facing messages never carry stack traces, credentials or internal addresses.
 """
@@ -127,6 +141,11 @@ class PolicyError(ConfigError):
         self.document = document
         self.field = field
         self.problem = problem
+
+
+class InvariantError(TokengateError):
+    """A value that the code before this point rules out (a negative token count, a file name
+    with a path separator): a bug, so it is not caught on purpose anywhere."""
 
 
 class QuotaStoreError(TokengateError):

@@ -21,7 +21,7 @@ def generate(out_dir: Path = OUT_DIR) -> list[Path]:
     args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}", str(PROTO_DIR / "control.proto")]  # fmt: skip
     if protoc.main(args) != 0:
-        raise RuntimeError("protoc failed on control.proto")
+        raise SystemExit("protoc failed on control.proto")
     grpc_file = out_dir / "control_pb2_grpc.py"
     flat = "import control_pb2 as control__pb2"
     text = grpc_file.read_text().replace(flat, f"from extproc.control {flat}")

@@ -1,6 +1,6 @@
 """The half of `tokengate ctl` that needs no server: what it prints (human tables, the JSON
-shapes scripts read), the text forms of values it reads (durations, extra quota amounts),
-and offline `policy validate` with the server's own loader.
+shapes scripts read) and offline `policy validate` with the server's own loader. (The text
+forms of values it reads are in `extproc.ctl.values`.)
 
 JSON is the proto3 JSON mapping of the response with the proto's own snake_case field
 names, every field present even when it holds its default value, and 64-bit integers as
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,79 +24,12 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from extproc.control import control_pb2 as pb
+from extproc.ctl.values import MICRO
 from extproc.errors import ConfigError, PolicyError
 from extproc.policy import load_directory, parse_documents
 from extproc.policy.loader import MAX_FILE_BYTES
 
-MICRO = 1_000_000
 NONE = "-"
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_INTEGER = re.compile(r"[0-9]+")
-_DOLLARS = re.compile(r"\$([0-9]+(?:\.[0-9]{1,6})?)")
-AMOUNT_MAX = 2**53 - 1  # the validator's bound on any amount
-
-
-def parse_duration(text: str) -> float:
-    """30s, 15m, 2h, 1d, 1h30m, 0.5h -> seconds; ValueError unless a positive duration."""
-    if not _DURATION.fullmatch(text.strip()):
-        raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 15m, 2h, 1d or 1h30m)")
-    seconds = sum(
-        float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text)
-    )
-    if seconds <= 0:
-        raise ValueError(f"duration {text!r} must be longer than zero")
-    return seconds
-
-
-def parse_count(text: str) -> int:
-    if not _INTEGER.fullmatch(text.strip()) or not 0 < int(text) <= 2**31 - 1:
-        raise ValueError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def parse_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < math.inf:
-        raise ValueError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def parse_nonblank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must not be empty")
-    return text.strip()
-
-
-@dataclass(frozen=True, slots=True)
-class Extra:
-    """`--extra LIMIT=AMOUNT`: AMOUNT in the limit's unit, or '$D' dollars for usd limits."""
-
-    limit: str
-    amount: int  # usd: micro-dollars
-    unit: str  # "usd" when given in dollars, else "" (the limit's own unit)
-
-
-def parse_extra(text: str) -> Extra:
-    limit, sep, value = text.partition("=")
-    limit, value = limit.strip(), value.strip()
-    if not sep or not limit or not value:
-        raise ValueError(f"expected LIMIT=AMOUNT (e.g. tpm=50000 or spend=$5), got {text!r}")
-    dollars = _DOLLARS.fullmatch(value)
-    if dollars:
-        micro, unit = int(Decimal(dollars.group(1)) * MICRO), "usd"
-    elif _INTEGER.fullmatch(value):
-        micro, unit = int(value), ""
-    else:
-        raise ValueError(f"amount {value!r} must be a positive integer, or '$D.CC' for dollars")
-    if not 0 < micro <= AMOUNT_MAX:
-        raise ValueError(f"amount {value!r} must be positive and at most {AMOUNT_MAX} units")
-    return Extra(limit=limit, amount=micro, unit=unit)
 
 
 def to_json(message: Message) -> dict[str, Any]:

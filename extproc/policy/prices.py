@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from extproc.errors import ConfigError
+from extproc.errors import ConfigError, InvariantError
 
 API_VERSION = "tokengate.dev/v1"
 KIND = "PriceTable"
@@ -96,9 +96,11 @@ class Price:
         self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0
     ) -> int:
         """Settled cost. Cached tokens are part of `prompt_tokens`. Inconsistent provider
-        numbers (more cached than prompt tokens) forfeit the discount: never under-charge."""
+        numbers (more cached than prompt tokens) forfeit the discount: never under-charge.
+        A negative count is a bug (the codecs refuse negative usage, the tokenizer cannot
+        produce one): `InvariantError`, answered by the server as a logged 500."""
         if min(prompt_tokens, completion_tokens, cached_prompt_tokens) < 0:
-            raise ValueError("token counts must be non-negative")
+            raise InvariantError("token counts must be non-negative")
         if cached_prompt_tokens > prompt_tokens:
             cached_prompt_tokens = 0
         pico = (

@@ -67,7 +67,7 @@ def visible(root: Path) -> dict[str, str] | None:
 
 
 def eventually(root: Path, expected: dict[str, str]) -> None:
-    assert wait_until(lambda: visible(root) == expected), visible(root)
+    wait_until(lambda: visible(root) == expected, detail=lambda: visible(root))
 
 
 def failures(api: FakeApi) -> int:
@@ -90,8 +90,8 @@ class Running:
             selector=LABEL,
         )
         self.sync = PolicySync(
-            client=KubeClient(target),
-            writer=AtomicDirectory(dest),
+            client=KubeClient(target=target),
+            writer=AtomicDirectory(root=dest),
             home_namespace=HOME,
             resync_s=300,
             backoff=Backoff(first_s=0.01, cap_s=0.05),
@@ -233,10 +233,10 @@ def test_a_bookmark_moves_the_watch_position(
     dest = tmp_path / "policies"
     with Running(api, token_file, dest):
         eventually(dest, BASE)
-        assert wait_until(lambda: len(api.seen(watch=True)) == 1)
+        wait_until(lambda: len(api.seen(watch=True)) == 1)
         version = api.bookmark()
         api.end_streams()  # after sending the bookmark
-        assert wait_until(lambda: len(api.seen(watch=True)) >= 2)
+        wait_until(lambda: len(api.seen(watch=True)) >= 2)
     first, second = api.seen(watch=True)[:2]
     assert first.query["resourceVersion"] == "103"
     assert second.query["resourceVersion"] == version == "104"
@@ -250,7 +250,7 @@ def test_an_expired_watch_lists_again(
     dest = tmp_path / "policies"
     with Running(api, token_file, dest):
         eventually(dest, BASE)
-        assert wait_until(lambda: len(api.seen(watch=True)) == 1)
+        wait_until(lambda: len(api.seen(watch=True)) == 1)
         api.change_unseen(HOME, "base", {"quotas.yaml": quota("team-a", 2)})
         eventually(dest, {"tokengate__base__quotas.yaml": quota("team-a", 2)})
     assert len(api.seen(watch=False)) == 2  # only a new LIST could see that change
@@ -265,7 +265,7 @@ def test_a_410_answer_to_watch_lists_again(
     dest = tmp_path / "policies"
     with Running(api, token_file, dest):
         eventually(dest, BASE)
-        assert wait_until(lambda: len(api.seen(watch=True)) == 1)
+        wait_until(lambda: len(api.seen(watch=True)) == 1)
         api.watch_statuses.append(410)
         with api._cond:  # a change no watch will ever report
             api._objects[(HOME, "base")]["data"] = {"quotas.yaml": quota("team-a", 3)}
@@ -283,11 +283,11 @@ def test_the_token_is_read_again_on_reconnect(
     dest = tmp_path / "policies"
     with Running(api, token_file, dest):
         eventually(dest, BASE)
-        assert wait_until(lambda: len(api.seen(watch=True)) == 1)
+        wait_until(lambda: len(api.seen(watch=True)) == 1)
         token_file.write_text("t2\n")  # the kubelet rotated the projected token
         api.tokens = {"t2"}  # and the old one no longer works
         api.end_streams()
-        assert wait_until(lambda: len(api.seen()) >= 3)  # a new connection
+        wait_until(lambda: len(api.seen()) >= 3)  # a new connection
         api.put(HOME, "after", {"a.yaml": quota("team-z")})  # seen only with the new token
         eventually(dest, {**BASE, "tokengate__after__a.yaml": quota("team-z")})
     auths = [s.auth for s in api.seen()]
@@ -304,10 +304,10 @@ def test_an_outage_keeps_the_files_and_recovers(
         data_before = os.readlink(dest / "..data")
         api.down_status = 503
         api.end_streams()
-        assert wait_until(lambda: failures(api) >= 1)
+        wait_until(lambda: failures(api) >= 1)
         api.put(HOME, "during", {"d.yaml": quota("team-d")})  # no stream is open to see it
         seen_failures = failures(api)
-        assert wait_until(lambda: failures(api) >= seen_failures + 2)
+        wait_until(lambda: failures(api) >= seen_failures + 2)
         assert visible(dest) == BASE  # retried with backoff, never wiped
         assert os.readlink(dest / "..data") == data_before
         assert messages(caplog, "keeping the policy files already written")
@@ -323,7 +323,7 @@ def test_an_unreachable_api_keeps_the_files(
         eventually(dest, BASE)
         data_before = os.readlink(dest / "..data")
         api.close()
-        assert wait_until(lambda: len(messages(caplog, "cannot reach the API server")) >= 2)
+        wait_until(lambda: len(messages(caplog, "cannot reach the API server")) >= 2)
         assert visible(dest) == BASE
         assert os.readlink(dest / "..data") == data_before
 
@@ -336,7 +336,7 @@ def test_a_foreign_configmap_is_refused_until_fixed(
     with Running(api, token_file, dest, cluster=True):
         eventually(dest, {**BASE, **own})
         api.put("team-b", "grab", {"p.yaml": quota("team-a", 1_000_000)})
-        assert wait_until(lambda: bool(messages(caplog, "team-b/grab skipped")))
+        wait_until(lambda: bool(messages(caplog, "team-b/grab skipped")))
         api.put("team-b", "grab", {"p.yaml": quota("team-b", 5)})
         eventually(dest, {**BASE, **own, "team-b__grab__p.yaml": quota("team-b", 5)})
     assert len(messages(caplog, "team-b/grab skipped")) == 1  # once per version

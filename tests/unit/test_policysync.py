@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from extproc.kube.policysync import AtomicDirectory, Backoff, ConfigMap, evaluate, file_name
+from extproc.errors import ConfigError, InvariantError
+from extproc.kube.policysync import (
+    ApiTarget,
+    AtomicDirectory,
+    Backoff,
+    ConfigMap,
+    KubeClient,
+    evaluate,
+    file_name,
+)
 from extproc.policy import load_directory
 from extproc.serve.reload import fingerprint_directory
 
@@ -51,8 +60,8 @@ def test_file_name_joins_namespace_configmap_and_key() -> None:
 
 def test_only_yaml_yml_and_json_keys_become_files() -> None:
     cm = ConfigMap(
-        HOME,
-        "mixed",
+        namespace=HOME,
+        name="mixed",
         data={
             "a.yaml": quota("a"),
             "b.yml": quota("b"),
@@ -85,7 +94,9 @@ def test_only_yaml_yml_and_json_keys_become_files() -> None:
 def test_names_that_cannot_be_a_file_refuse_the_configmap(
     namespace: str, name: str, key: str
 ) -> None:
-    verdict = evaluate(ConfigMap(namespace, name, data={key: ""}), home_namespace=namespace)
+    verdict = evaluate(
+        ConfigMap(namespace=namespace, name=name, data={key: ""}), home_namespace=namespace
+    )
     assert verdict.files == {}
     assert verdict.problem is not None and "ConfigMap" in verdict.problem
 
@@ -94,7 +105,9 @@ def test_names_that_cannot_be_a_file_refuse_the_configmap(
 
 
 def test_the_tokengate_namespace_may_govern_any_namespace() -> None:
-    cm = ConfigMap(HOME, "base", data={"p.yaml": quota("team-a") + "---\n" + quota("team-b")})
+    cm = ConfigMap(
+        namespace=HOME, name="base", data={"p.yaml": quota("team-a") + "---\n" + quota("team-b")}
+    )
     verdict = evaluate(cm, home_namespace=HOME)
     assert verdict.problem is None
     assert list(verdict.files) == ["tokengate__base__p.yaml"]
@@ -102,7 +115,7 @@ def test_the_tokengate_namespace_may_govern_any_namespace() -> None:
 
 def test_a_team_may_govern_its_own_namespace() -> None:
     text = "---\n" + quota("team-b") + "---\n" + api_key("team-b") + "---\n"
-    cm = ConfigMap("team-b", "mine", data={"p.yaml": text, "q.json": ""})
+    cm = ConfigMap(namespace="team-b", name="mine", data={"p.yaml": text, "q.json": ""})
     verdict = evaluate(cm, home_namespace=HOME)
     assert verdict.problem is None
     assert sorted(verdict.files) == ["team-b__mine__p.yaml", "team-b__mine__q.json"]
@@ -110,8 +123,8 @@ def test_a_team_may_govern_its_own_namespace() -> None:
 
 def test_a_team_may_not_govern_another_namespace() -> None:
     cm = ConfigMap(
-        "team-b",
-        "sneaky",
+        namespace="team-b",
+        name="sneaky",
         data={"ok.yaml": quota("team-b"), "p.yaml": quota("team-b") + "---\n" + api_key("team-a")},
     )
     verdict = evaluate(cm, home_namespace=HOME)
@@ -125,7 +138,9 @@ def test_a_team_may_not_govern_another_namespace() -> None:
 
 def test_json_keys_are_checked_too() -> None:
     doc = '{"kind": "QuotaPolicy", "metadata": {"name": "x", "namespace": "team-a"}}'
-    verdict = evaluate(ConfigMap("team-b", "j", data={"p.json": doc}), home_namespace=HOME)
+    verdict = evaluate(
+        ConfigMap(namespace="team-b", name="j", data={"p.json": doc}), home_namespace=HOME
+    )
     assert verdict.files == {}
     assert verdict.problem is not None and "governs namespace team-a" in verdict.problem
 
@@ -142,7 +157,7 @@ def test_json_keys_are_checked_too() -> None:
 def test_a_document_whose_namespace_cannot_be_checked_refuses_a_foreign_configmap(
     text: str, problem: str
 ) -> None:
-    cm = ConfigMap("team-b", "odd", data={"p.yaml": quota("team-b"), "q.yaml": text})
+    cm = ConfigMap(namespace="team-b", name="odd", data={"p.yaml": quota("team-b"), "q.yaml": text})
     verdict = evaluate(cm, home_namespace=HOME)
     assert verdict.files == {}
     assert verdict.problem is not None and problem in verdict.problem
@@ -150,7 +165,9 @@ def test_a_document_whose_namespace_cannot_be_checked_refuses_a_foreign_configma
 
 
 def test_keys_that_are_not_policy_are_not_checked() -> None:
-    cm = ConfigMap("team-b", "p", data={"p.yaml": quota("team-b"), "x.txt": quota("team-a")})
+    cm = ConfigMap(
+        namespace="team-b", name="p", data={"p.yaml": quota("team-b"), "x.txt": quota("team-a")}
+    )
     verdict = evaluate(cm, home_namespace=HOME)
     assert verdict.problem is None
     assert list(verdict.files) == ["team-b__p__p.yaml"]
@@ -161,7 +178,7 @@ def test_keys_that_are_not_policy_are_not_checked() -> None:
 
 def test_first_write_lays_out_the_kubelet_structure(tmp_path: Path) -> None:
     root = tmp_path / "policies"
-    writer = AtomicDirectory(root)
+    writer = AtomicDirectory(root=root)
     assert writer.write({"a.yaml": b"A", "b.yaml": b"B"}) is True
     assert visible(root) == {"a.yaml": "A", "b.yaml": "B"}
     [version] = hidden_versions(root)
@@ -174,7 +191,7 @@ def test_first_write_lays_out_the_kubelet_structure(tmp_path: Path) -> None:
 
 
 def test_a_change_swaps_data_and_removes_the_old_version(tmp_path: Path) -> None:
-    writer = AtomicDirectory(tmp_path)
+    writer = AtomicDirectory(root=tmp_path)
     writer.write({"a.yaml": b"A", "b.yaml": b"B"})
     before = os.readlink(tmp_path / "..data")
     print_before = fingerprint_directory(tmp_path)
@@ -187,7 +204,7 @@ def test_a_change_swaps_data_and_removes_the_old_version(tmp_path: Path) -> None
 
 
 def test_unchanged_content_does_not_swap(tmp_path: Path) -> None:
-    writer = AtomicDirectory(tmp_path)
+    writer = AtomicDirectory(root=tmp_path)
     writer.write({"a.yaml": b"A"})
     before = os.readlink(tmp_path / "..data")
     print_before = fingerprint_directory(tmp_path)
@@ -197,16 +214,16 @@ def test_unchanged_content_does_not_swap(tmp_path: Path) -> None:
 
 
 def test_a_restarted_writer_does_not_swap_for_the_same_content(tmp_path: Path) -> None:
-    AtomicDirectory(tmp_path).write({"a.yaml": b"A"})
+    AtomicDirectory(root=tmp_path).write({"a.yaml": b"A"})
     before = os.readlink(tmp_path / "..data")
-    again = AtomicDirectory(tmp_path)  # a container restart keeps the emptyDir
+    again = AtomicDirectory(root=tmp_path)  # a container restart keeps the emptyDir
     assert again.write({"a.yaml": b"A"}) is False
     assert os.readlink(tmp_path / "..data") == before
     assert again.write({"a.yaml": b"changed"}) is True
 
 
 def test_writing_nothing_removes_every_file(tmp_path: Path) -> None:
-    writer = AtomicDirectory(tmp_path)
+    writer = AtomicDirectory(root=tmp_path)
     writer.write({"a.yaml": b"A"})
     assert writer.write({}) is True
     assert visible(tmp_path) == {}
@@ -216,29 +233,35 @@ def test_writing_nothing_removes_every_file(tmp_path: Path) -> None:
 
 def test_a_leftover_data_tmp_from_a_crash_is_replaced(tmp_path: Path) -> None:
     (tmp_path / "..data_tmp").symlink_to("nowhere")
-    assert AtomicDirectory(tmp_path).write({"a.yaml": b"A"}) is True
+    assert AtomicDirectory(root=tmp_path).write({"a.yaml": b"A"}) is True
     assert visible(tmp_path) == {"a.yaml": "A"}
     assert not os.path.lexists(tmp_path / "..data_tmp")
 
 
 @pytest.mark.parametrize("name", ["", ".hidden.yaml", "..data", "a/b.yaml", "x\0.yaml"])
 def test_names_the_writer_refuses(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError, match="not a visible file name"):
-        AtomicDirectory(tmp_path).write({name: b"x"})
+    with pytest.raises(InvariantError, match="not a visible file name"):
+        AtomicDirectory(root=tmp_path).write({name: b"x"})
 
 
 def test_written_files_load_with_the_real_loader(tmp_path: Path) -> None:
     configmaps = [
-        ConfigMap(HOME, "base", data={"quotas.yaml": quota("team-a") + "---\n" + quota("demo")}),
         ConfigMap(
-            "team-b", "own", data={"p.yaml": quota("team-b", 7) + "---\n" + api_key("team-b")}
+            namespace=HOME,
+            name="base",
+            data={"quotas.yaml": quota("team-a") + "---\n" + quota("demo")},
         ),
-        ConfigMap("team-c", "bad", data={"p.yaml": quota("team-a", 1, name="evil")}),
+        ConfigMap(
+            namespace="team-b",
+            name="own",
+            data={"p.yaml": quota("team-b", 7) + "---\n" + api_key("team-b")},
+        ),
+        ConfigMap(namespace="team-c", name="bad", data={"p.yaml": quota("team-a", 1, name="evil")}),
     ]
     files: dict[str, bytes] = {}
     for cm in configmaps:
         files.update(evaluate(cm, home_namespace=HOME).files)
-    AtomicDirectory(tmp_path).write(files)
+    AtomicDirectory(root=tmp_path).write(files)
     snapshot = load_directory(tmp_path)
     assert sorted(snapshot.policies) == ["demo", "team-a", "team-b"]
     assert snapshot.policies["team-a"].name == "team-a"  # not team-c's "evil" one
@@ -267,11 +290,23 @@ def test_an_invalid_team_config_map_is_skipped_not_passed_to_the_loader() -> Non
         "metadata: {name: team-b, namespace: team-b}\n"
         "spec: {limits: [{name: rpm, requests: -5, per: 1m}]}\n"
     )
-    verdict = evaluate(ConfigMap("team-b", "own", data={"p.yaml": broken}), home_namespace=HOME)
+    verdict = evaluate(
+        ConfigMap(namespace="team-b", name="own", data={"p.yaml": broken}), home_namespace=HOME
+    )
     assert verdict.files == {}
     assert verdict.problem is not None
     assert "ConfigMap team-b/own skipped: invalid policy" in verdict.problem
     assert "requests" in verdict.problem
     # The platform's own ConfigMaps go to the loader as they are (it reports their errors).
-    home = evaluate(ConfigMap(HOME, "own", data={"p.yaml": broken}), home_namespace=HOME)
+    home = evaluate(
+        ConfigMap(namespace=HOME, name="own", data={"p.yaml": broken}), home_namespace=HOME
+    )
     assert list(home.files) == [f"{HOME}__own__p.yaml"]
+
+
+@pytest.mark.parametrize("url", ["ftp://kubernetes", "https://", "kubernetes.default.svc:443"])
+def test_a_client_refuses_an_api_url_it_cannot_use(url: str) -> None:
+    """The same class of error as the flag check in `settings_from_args`: a ConfigError."""
+    target = ApiTarget(url=url, token_file=None, ca_file=None, namespace="x", selector="a=b")
+    with pytest.raises(ConfigError, match="API URL must be http"):
+        KubeClient(target=target)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.errors import ConfigError
+from extproc.errors import ConfigError, InvariantError
 from extproc.policy.prices import (
     CACHE_SIZE,
     MAX_FILE_BYTES,
@@ -351,9 +351,9 @@ def test_large_counts_are_exact() -> None:
 
 
 def test_negative_counts_are_a_bug() -> None:
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(InvariantError, match="non-negative"):
         price("1", "1").cost_micros(-1, 0)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(InvariantError, match="non-negative"):
         price("1", "1").estimate_micros(1, -1)
 
 

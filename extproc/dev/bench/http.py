@@ -17,6 +17,7 @@ from typing import Any
 from extproc.dev.bench import configs
 from extproc.dev.bench.procs import CoreBusy, cpu_seconds, pin_tree
 from extproc.dev.bench.stack import BenchStack
+from extproc.dev.stack import StackError
 
 SUT_SATURATED = 0.95  # the gateway's core at least this busy: it, not the driver, was the limit
 
@@ -60,7 +61,7 @@ class Driver:
         pin_tree(proc.pid, cores.driver)
         out, err = proc.communicate()
         if proc.returncode != 0:
-            raise RuntimeError(f"the load generator failed: {err}")
+            raise StackError(f"the load generator failed: {err}")
         per_cpu = busy.stop()
         result: dict[str, Any] = json.loads(out)
         wall = load.warmup_s + result["seconds"]  # a counted run may end early
@@ -77,7 +78,7 @@ class Driver:
             used = cpu_seconds(server) - server_cpu
             result["server_cpu_us_per_request"] = round(used / wall / max(result["rps"], 1) * 1e6)
         if result["errors"] or result["non_2xx"]:
-            raise RuntimeError(f"{target}: failed requests in a benchmark run: {result}")
+            raise StackError(f"{target}: failed requests in a benchmark run: {result}")
         return result
 
     def round_trips(self, *, stream: bool, requests: int) -> float:
@@ -103,11 +104,11 @@ class Driver:
         result = self.run("governed", Load(4, cap, warmup_s=0, rate=rate, count=count),
                           stream=stream)  # fmt: skip
         if result["requests"] != count:
-            raise RuntimeError(f"{count} requests sent, {result['requests']} answered")
+            raise StackError(f"{count} requests sent, {result['requests']} answered")
         deadline = time.monotonic() + 30
         while self.stack.requests_finished() - finished < count:
             if time.monotonic() > deadline:
-                raise RuntimeError("the sidecar did not finish every benchmark request")
+                raise StackError("the sidecar did not finish every benchmark request")
             time.sleep(0.05)  # the sidecar counts a request after its answer; poll that count
 
 

@@ -24,6 +24,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # stubs lag the runtime
 
 from extproc.dev.bench import configs
 from extproc.dev.bench.procs import cpu_seconds, rss_bytes
+from extproc.dev.stack import StackError
 
 DELTA = " tokens flow"  # two tokens per chunk, like a provider streaming word by word
 
@@ -98,7 +99,7 @@ class _Stream:
         await self._outbox.put(message)
         reply = await self._call.read()
         if reply is EOF or reply.HasField("immediate_response"):
-            raise RuntimeError(f"the sidecar refused a benchmark stream: {reply}")
+            raise StackError(f"the sidecar refused a benchmark stream: {reply}")
         return reply
 
     async def close(self) -> None:

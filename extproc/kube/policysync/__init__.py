@@ -50,8 +50,8 @@ def run(settings: SyncSettings) -> int:
         settings.dest,
     )
     sync = PolicySync(
-        client=KubeClient(settings.target),
-        writer=AtomicDirectory(settings.dest),
+        client=KubeClient(target=settings.target),
+        writer=AtomicDirectory(root=settings.dest),
         home_namespace=settings.home_namespace,
         resync_s=settings.resync_s,
     )

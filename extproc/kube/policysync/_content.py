@@ -31,7 +31,7 @@ SEPARATOR = "__"  # cannot occur in a namespace or ConfigMap name, so names neve
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConfigMap:
     """The parts of a ConfigMap that policy-sync uses (binaryData is not policy)."""
 
@@ -45,7 +45,7 @@ class ConfigMap:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
     """What one ConfigMap contributes: its files, or why it contributes nothing."""
 

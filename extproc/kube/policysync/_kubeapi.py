@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from extproc.errors import TokengateError
+from extproc.errors import ConfigError, TokengateError
 from extproc.kube.policysync._content import ConfigMap
 
 MAX_LIST_BYTES = 64 << 20
@@ -51,13 +51,13 @@ class ApiTarget:
     selector: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Listing:
     items: list[ConfigMap]
     resource_version: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WatchEvent:
     """ADDED, MODIFIED, DELETED (with the ConfigMap) or BOOKMARK (without)."""
 
@@ -67,10 +67,12 @@ class WatchEvent:
 
 
 class KubeClient:
-    def __init__(self, target: ApiTarget, *, request_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, target: ApiTarget, request_timeout_s: float = 30.0) -> None:
+        """`settings_from_args` refuses a bad URL with the flag's name; this repeats the check
+        for callers that build an `ApiTarget` themselves, in the same class of error."""
         parts = urlsplit(target.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"API URL must be http(s)://host[:port], got {target.url!r}")
+            raise ConfigError(f"API URL must be http(s)://host[:port], got {target.url!r}")
         self._target = target
         self._parts = parts
         self._timeout_s = request_timeout_s
@@ -255,7 +257,9 @@ def _event(raw: dict[str, Any]) -> WatchEvent:
         return WatchEvent(type=kind, resource_version=_resource_version(obj), configmap=None)
     if kind in ("ADDED", "MODIFIED", "DELETED"):
         configmap = _configmap(obj)
-        return WatchEvent(kind, configmap.resource_version, configmap)
+        return WatchEvent(
+            type=kind, resource_version=configmap.resource_version, configmap=configmap
+        )
     raise KubeApiError(f"unknown watch event type {kind!r}")
 
 
@@ -277,4 +281,6 @@ def _configmap(obj: object) -> ConfigMap:
         raise KubeApiError("ConfigMap without metadata.namespace and metadata.name")
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise KubeApiError(f"ConfigMap {namespace}/{name}: data is not a map of strings")
-    return ConfigMap(namespace, name, _resource_version(obj), data)
+    return ConfigMap(
+        namespace=namespace, name=name, resource_version=_resource_version(obj), data=data
+    )

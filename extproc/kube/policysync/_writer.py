@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from extproc.errors import InvariantError
+
 DATA = "..data"
 DATA_TMP = "..data_tmp"
 _VERSION_DIR = re.compile(r"\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\..+")
@@ -27,7 +29,7 @@ class AtomicDirectory:
     """The directory `root`, owned by policy-sync. `write` is idempotent: content equal to
     what is already there changes nothing on disk, so the Reloader does no needless work."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, *, root: Path) -> None:
         self.root = root
         self._current: dict[str, bytes] | None = None  # None: not known yet, read from disk
 
@@ -101,8 +103,10 @@ class AtomicDirectory:
 
 
 def _check_name(name: str) -> None:
+    """`_content` only produces names that pass; this guard keeps a bug from writing outside
+    `root` or over the `..data` machinery."""
     if not name or name.startswith(".") or "/" in name or "\0" in name:
-        raise ValueError(f"not a visible file name: {name!r}")
+        raise InvariantError(f"not a visible file name: {name!r}")
 
 
 def _readlink(path: Path) -> str | None:
