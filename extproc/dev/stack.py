@@ -3,6 +3,9 @@
 Used by `tokengate dev` (what `make run` starts) and by the e2e tests, so both exercise the
 same wiring. Every port may be 0: children report what they bound, and nothing here waits
 by sleeping — it waits for a child's ready line or for Envoy's admin to say LIVE.
+
+A port asked for by number must be free before anything starts: two stacks on one Envoy
+listener port would otherwise both run (see `port_is_free`), each with its own budget.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from extproc.errors import TokengateError
 from extproc.kube.envoy_config import (
     ANTHROPIC,
     OPENAI,
@@ -30,10 +35,12 @@ from extproc.kube.envoy_config import (
 )
 
 READY_TIMEOUT_S = 60.0
+LOOPBACK = "127.0.0.1"
 
 
-class StackError(RuntimeError):
-    """A child process failed to start; the message carries the tail of its log."""
+class StackError(TokengateError):
+    """The local stack cannot start: a port it was given is taken (nothing was started), or
+    a child process failed (the message carries the tail of its log)."""
 
 
 class Child:
@@ -120,7 +127,24 @@ def envoy_binary() -> str:
     return found
 
 
-@dataclass
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a listener could have `port` to itself.
+
+    Envoy's listener sets SO_REUSEPORT, so a second Envoy binds beside a running one and
+    the kernel splits connections between them. This probe sets SO_REUSEADDR only (as every
+    listener does, so connections of a stack that just stopped, in TIME_WAIT, do not count):
+    measured, its bind fails against any listening socket, SO_REUSEPORT or not.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(kw_only=True)
 class LocalStack:
     """The three processes and the ports they ended up on."""
 
@@ -131,9 +155,15 @@ class LocalStack:
     ext_proc_port: int = 0
     metrics_port: int = 0
     control_port: int = 0
-    # Real provider keys; a provider without one is served by the mock provider.
+    mock_port: int = 0
+    # Real provider keys, injected by the sidecar. A provider with neither a key nor an
+    # upstream below is served by the mock provider.
     openai_api_key: str | None = None
     anthropic_api_key: str | None = None
+    # Where a provider's traffic goes instead of the real API or the mock provider.
+    openai_upstream: Upstream | None = None
+    anthropic_upstream: Upstream | None = None
+    quota_store: str = "memory"
     vocab_dir: Path = Path(".cache/tiktoken")
     max_body_bytes: int = 4 * 1024 * 1024
     extra_serve_args: tuple[str, ...] = ()
@@ -151,9 +181,58 @@ class LocalStack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['envoy']}"
+        return f"http://{LOOPBACK}:{self.ports['envoy']}"
+
+    def _chosen(self) -> dict[str, Upstream | None]:
+        """Each provider's upstream; None where the mock provider serves it."""
+        return {
+            "openai": self.openai_upstream or (OPENAI if self.openai_api_key else None),
+            "anthropic": self.anthropic_upstream or (ANTHROPIC if self.anthropic_api_key else None),
+        }
+
+    def upstreams(self) -> dict[str, Upstream]:
+        """Where each provider's traffic goes (the mock provider's port once it runs)."""
+        mock = Upstream.local(self.ports.get("mock", self.mock_port))
+        return {name: chosen or mock for name, chosen in self._chosen().items()}
+
+    def check_ports(self) -> None:
+        """Refuse, before anything starts, a port asked for by number that is taken."""
+        wanted = {
+            "Envoy listener": self.listen_port,
+            "Envoy admin": self.admin_port,
+            "ext_proc": self.ext_proc_port,
+            "control API": self.control_port,
+            "metrics": self.metrics_port,
+            "mock provider": self.mock_port if None in self._chosen().values() else 0,
+        }
+        numbered = [port for port in wanted.values() if port]
+        if len(numbered) != len(set(numbered)):
+            raise StackError(f"two parts of the stack were given the same port: {wanted}")
+        for what, port in wanted.items():
+            if port and not port_is_free(port):
+                raise StackError(
+                    f"the {what} port {port} on {LOOPBACK} is already in use, perhaps by "
+                    "another local stack; nothing was started. Stop that process or choose "
+                    "another port (0 picks a free one)."
+                )
+
+    def ready_record(self) -> dict[str, object]:
+        """What a script needs to use the running stack (`tokengate dev`'s ready line)."""
+        return {
+            "event": "ready",
+            "url": self.base_url,
+            "ports": {
+                ("listener" if key == "envoy" else key): self.ports[key]
+                for key in ("envoy", "admin", "ext_proc", "control", "metrics", "mock")
+                if key in self.ports
+            },
+            "upstreams": {name: up.url for name, up in self.upstreams().items()},
+            "run_dir": str(self.run_dir),
+            "control_token_file": str(self.control_token_file),
+        }
 
     def start(self) -> LocalStack:
+        self.check_ports()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_upstream()
@@ -164,24 +243,26 @@ class LocalStack:
             raise
         return self
 
+    def watch(self, poll_s: float = 0.5) -> Child:
+        """Block until a child exits and return it: a stack with a dead part must not go on
+        looking alive. (A poll: the children are not ours to wait on in one call.)"""
+        while True:
+            for child in self.children.values():
+                if child.proc.poll() is not None:
+                    return child
+            threading.Event().wait(poll_s)
+
     def _start_upstream(self) -> None:
-        if self.openai_api_key and self.anthropic_api_key:
+        if None not in self._chosen().values():
             return
         child = Child(
             "mock-provider",
-            _tokengate(
-                "mock-provider",
-                "--port",
-                "0",
-                "--require-key",
-                self.mock_key,
-                "--vocab-dir",
-                str(self.vocab_dir),
-            ),
+            _tokengate("mock-provider", "--port", str(self.mock_port),
+                       "--require-key", self.mock_key, "--vocab-dir", str(self.vocab_dir)),
             log_dir=self.run_dir,
             env=child_env(),
             ready_prefix="mock-provider listening on ",
-        )
+        )  # fmt: skip
         self.children["mock"] = child
         self.ports["mock"] = int(child.wait_ready().rsplit(":", 1)[1])
 
@@ -189,25 +270,19 @@ class LocalStack:
         """(Re)start the sidecar on its previous port if it had one."""
         port = self.ports.get("ext_proc", self.ext_proc_port)
         args = [
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--metrics-listen",
-            f"127.0.0.1:{self.ports.get('metrics', self.metrics_port)}",
-            "--policy-dir",
-            str(self.policy_dir),
-            "--vocab-dir",
-            str(self.vocab_dir),
-            "--max-body-bytes",
-            str(self.max_body_bytes),
-            "--control-listen",
-            f"127.0.0.1:{self.ports.get('control', self.control_port)}",
-            "--control-token-file",
-            str(self.control_token_file),
+            "serve", "--listen", f"{LOOPBACK}:{port}",
+            "--metrics-listen", f"{LOOPBACK}:{self.ports.get('metrics', self.metrics_port)}",
+            "--control-listen", f"{LOOPBACK}:{self.ports.get('control', self.control_port)}",
+            "--control-token-file", str(self.control_token_file),
+            "--policy-dir", str(self.policy_dir), "--vocab-dir", str(self.vocab_dir),
+            "--max-body-bytes", str(self.max_body_bytes), "--quota-store", self.quota_store,
             *self.extra_serve_args,
-        ]
-        self.control_token_file.write_text(self.control_token)
-        self.control_token_file.chmod(0o600)
+        ]  # fmt: skip
+        # Created owner-only: the token is never readable by others, not even for a moment.
+        fd = os.open(self.control_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an earlier run keeps its mode otherwise
+        with os.fdopen(fd, "w") as token_file:
+            token_file.write(self.control_token)
         keys = {
             "OPENAI_API_KEY": self.openai_api_key or self.mock_key,
             "ANTHROPIC_API_KEY": self.anthropic_api_key or self.mock_key,
@@ -229,7 +304,7 @@ class LocalStack:
         return self.children.pop("sidecar").stop()
 
     def _start_envoy(self) -> None:
-        mock = Upstream.local(self.ports.get("mock", 0))
+        upstreams = self.upstreams()
         config = (
             self.envoy_config(self.ports)
             if self.envoy_config
@@ -238,9 +313,12 @@ class LocalStack:
                     listen_port=self.listen_port,
                     admin_port=self.admin_port,
                     ext_proc_port=self.ports["ext_proc"],
-                    openai=OPENAI if self.openai_api_key else mock,
-                    anthropic=ANTHROPIC if self.anthropic_api_key else mock,
+                    openai=upstreams["openai"],
+                    anthropic=upstreams["anthropic"],
                     buffer_limit_bytes=self.max_body_bytes + 65536,
+                    # check_ports() saw the port free; this keeps it ours from here on,
+                    # even against a stack that starts between the check and the bind.
+                    exclusive_listener=True,
                 )
             )
         )

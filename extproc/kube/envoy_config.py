@@ -9,8 +9,10 @@ they are already in the right format.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import string
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from extproc.errors import ConfigError
 from extproc.gate.identity import JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY, JWT_SHAPE
 
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
@@ -111,6 +114,50 @@ class Upstream:
     def local(cls, port: int) -> Upstream:
         return cls(host="127.0.0.1", port=port, tls=False)
 
+    @classmethod
+    def from_url(cls, url: str, *, what: str) -> Upstream:
+        """A base URL such as `http://127.0.0.1:8080` or `https://llm.internal`.
+
+        No path: Envoy forwards the client's path (`/v1/…`) unchanged, so a path here could
+        only be silently ignored; refusing it is clearer than a provider's 404 later.
+        """
+        parts = urllib.parse.urlsplit(url)
+        problem = _base_url_problem(parts)
+        if problem:
+            raise ConfigError(f"{what}: {problem}, got {url!r} (e.g. http://127.0.0.1:8080)")
+        tls = parts.scheme == "https"
+        return cls(host=parts.hostname or "", port=parts.port or (443 if tls else 80), tls=tls)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def is_address(self) -> bool:
+        """An IP literal: a STATIC cluster, and no SNI (RFC 6066 names hosts only)."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def _base_url_problem(parts: urllib.parse.SplitResult) -> str:
+    if parts.scheme not in ("http", "https"):
+        return "expected an http:// or https:// URL"
+    if not parts.hostname:
+        return "no host"
+    try:
+        port = parts.port  # None when absent; raises when out of range or not a number
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "bad port"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return "expected a base URL without path, query or credentials (clients keep /v1/…)"
+    return ""
+
 
 OPENAI = Upstream(host="api.openai.com", port=443, tls=True)
 ANTHROPIC = Upstream(host="api.anthropic.com", port=443, tls=True)
@@ -182,6 +229,10 @@ class LocalEnvoy:
     anthropic: Upstream = ANTHROPIC
     buffer_limit_bytes: int = 4 * 1024 * 1024 + 65536
     service_accounts: ServiceAccountTokens | None = None
+    # Bind the listener without SO_REUSEPORT (see `_make_listener_exclusive`). Off by
+    # default, as in the chart: in a pod nobody else can hold the port, and SO_REUSEPORT
+    # spreads connections over Envoy's worker threads.
+    exclusive_listener: bool = False
 
 
 def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") -> str:
@@ -199,12 +250,23 @@ def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") 
     for name, upstream in upstreams.items():
         fields[f"{name}_host"] = upstream.host
         fields[f"{name}_port"] = upstream.port
-        fields[f"{name}_discovery"] = "LOGICAL_DNS" if upstream.tls else "STATIC"
+        fields[f"{name}_discovery"] = "STATIC" if upstream.is_address else "LOGICAL_DNS"
     config = yaml.safe_load(string.Template(template.read_text()).substitute(fields))
     _add_tls(config, upstreams.get)
     if values.service_accounts is not None:
         _add_jwt_authn(config, values.service_accounts)
+    if values.exclusive_listener:
+        _make_listener_exclusive(config)
     return json.dumps(config, indent=1)
+
+
+def _make_listener_exclusive(config: dict[str, Any]) -> None:
+    """Measured with Envoy 1.40: with its default SO_REUSEPORT, a second Envoy binds the
+    same listener port beside a running one and the kernel splits the connections between
+    them (two stacks, two budgets, half the traffic each, no error). Without it, the second
+    Envoy exits with `cannot bind '…': Address already in use`, and an Envoy bound this way
+    also keeps out any later one that does use SO_REUSEPORT."""
+    config["static_resources"]["listeners"][0]["enable_reuse_port"] = False
 
 
 def _add_jwt_authn(config: dict[str, Any], tokens: ServiceAccountTokens) -> None:
@@ -219,18 +281,21 @@ def _add_tls(config: dict[str, Any], upstream_of: Callable[[str], Upstream | Non
     for cluster in config["static_resources"]["clusters"]:
         upstream = upstream_of(cluster["name"])
         if upstream is not None and upstream.tls:
+            context: dict[str, Any] = {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                "UpstreamTlsContext",
+                "sni": upstream.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+                    }
+                },
+            }
+            if upstream.is_address:
+                del context["sni"]
             cluster["transport_socket"] = {
                 "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-                    "UpstreamTlsContext",
-                    "sni": upstream.host,
-                    "common_tls_context": {
-                        "validation_context": {
-                            "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}
-                        }
-                    },
-                },
+                "typed_config": context,
             }
 
 
