@@ -17,7 +17,7 @@ from extproc.ctl.main import main as ctl_main
 from extproc.dev.stack import LocalStack
 from extproc.policy import load_directory
 from tests.e2e.harness import client, metric_value, wait_until
-from tests.integration.test_hot_reload import KubeletVolume
+from tests.kubelet import KubeletVolume
 
 KEY = "tg-hot"
 CHAT = [{"role": "user", "content": "hello"}]
@@ -122,7 +122,7 @@ def test_policy_updates_apply_to_the_next_request_and_bad_ones_are_reported(
 
     one = _version(ONE, tmp_path / "one")
     mounted.policies.write(ONE)
-    assert wait_until(lambda: mounted.version_in_force(one)), mounted.sidecar_log()
+    wait_until(lambda: mounted.version_in_force(one), detail=mounted.sidecar_log)
     mounted.ask(tag)  # the one request the new limit allows (a new limit starts at zero)
     with pytest.raises(openai.RateLimitError) as refused:
         mounted.ask(tag)
@@ -130,7 +130,7 @@ def test_policy_updates_apply_to_the_next_request_and_bad_ones_are_reported(
 
     errors = metric_value(mounted.stack, RELOADS, result="error")
     mounted.policies.write(BROKEN)
-    assert wait_until(lambda: metric_value(mounted.stack, RELOADS, result="error") > errors)
+    wait_until(lambda: metric_value(mounted.stack, RELOADS, result="error") > errors)
     assert metric_value(mounted.stack, "tokengate_policy_last_reload_success") == 0.0
     assert mounted.version_in_force(one)
     with pytest.raises(openai.RateLimitError) as still:
@@ -143,7 +143,7 @@ def test_policy_updates_apply_to_the_next_request_and_bad_ones_are_reported(
 
     roomy = _version(ROOMY, tmp_path / "roomy")
     mounted.policies.write(ROOMY)
-    assert wait_until(lambda: mounted.version_in_force(roomy)), mounted.sidecar_log()
+    wait_until(lambda: mounted.version_in_force(roomy), detail=mounted.sidecar_log)
     assert metric_value(mounted.stack, "tokengate_policy_last_reload_success") == 1.0
     assert mounted.ask(tag).choices[0].message.content
 
@@ -160,9 +160,9 @@ def test_a_rotated_provider_key_is_used_without_restart(mounted: Mounted, tag: s
             return True
         return False
 
-    assert wait_until(upstream_refuses)  # the mock provider sees the rotated (wrong) key
+    wait_until(upstream_refuses)  # the mock provider sees the rotated (wrong) key
     mounted.secret.write({"api-key": mounted.stack.mock_key})
-    assert wait_until(lambda: not upstream_refuses())
+    wait_until(lambda: not upstream_refuses())
     log = mounted.sidecar_log()
     assert "credential for openai rotated" in log
     assert wrong not in log and mounted.stack.mock_key not in log

@@ -54,7 +54,7 @@ def synced(tmp_path: Path, vocab_dir: Path) -> Iterator[tuple[FakeApi, LocalStac
          "--dest", str(dest)],
         log_dir=tmp_path, env=dict(os.environ), ready_prefix=None,
     )  # fmt: skip
-    assert wait_until(dest.is_dir), sync.log_tail()  # first LIST written (empty)
+    wait_until(dest.is_dir, detail=sync.log_tail)  # first LIST written (empty)
     stack = make_stack(
         tmp_path,
         vocab_dir,
@@ -80,11 +80,11 @@ def test_applied_changed_and_deleted_config_maps_take_effect(
     api, stack = synced
     assert _call(stack, tag) == 401  # the key is nowhere yet
     api.put(HOME, "team-new-policy", {"team-new.yaml": _policy(requests=100)})  # kubectl apply
-    assert wait_until(lambda: _call(stack, tag) == 200)
+    wait_until(lambda: _call(stack, tag) == 200)
     api.put(HOME, "team-new-policy", {"team-new.yaml": _policy(requests=1)})  # tightened
-    assert wait_until(lambda: _call(stack, tag) == 429)
+    wait_until(lambda: _call(stack, tag) == 429)
     with pytest.raises(openai.RateLimitError) as refused:
         client(stack, KEY, tag).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert "daily-requests" in refused.value.message
     api.delete(HOME, "team-new-policy")  # kubectl delete
-    assert wait_until(lambda: _call(stack, tag) == 401)
+    wait_until(lambda: _call(stack, tag) == 401)

@@ -87,7 +87,10 @@ def _requests(stack: LocalStack, namespace: str) -> float:
 
 def _counted(stack: LocalStack, namespace: str, expected: float) -> None:
     """Requests are counted when their stream ends, just after the client has the answer."""
-    assert wait_until(lambda: _requests(stack, namespace) == expected), _requests(stack, namespace)
+    wait_until(
+        lambda: _requests(stack, namespace) == expected,
+        detail=lambda: _requests(stack, namespace),
+    )
 
 
 def test_a_verified_token_spends_its_namespace_quota(sa_stack: LocalStack, tag: str) -> None:

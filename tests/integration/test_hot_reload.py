@@ -8,10 +8,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-import os
 import re
-import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,6 @@ from typing import Any
 import pytest
 
 from extproc.gate.credentials import CredentialSource
-from extproc.gate.processor import Processor
 from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import load_directory
 from extproc.providers.tokens import TokenCounter
@@ -29,42 +25,12 @@ from extproc.serve.reload import Reloader, fingerprint_directory
 from extproc.telemetry.events import Event, EventBus
 from extproc.telemetry.metrics import Metrics
 from tests import envoy_messages as em
+from tests.gate_driver import start
+from tests.kubelet import KubeletVolume
 
 KEY = "tg-reload"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
 PROMPT = 1 + 3 + 3  # "hello" + message framing + reply priming
-
-
-class KubeletVolume:
-    """A ConfigMap or Secret volume written the way the kubelet's AtomicWriter does it: each
-    version in a new hidden `..<timestamp>` directory, a `..data_tmp` symlink to it renamed
-    over `..data` (the one atomic step), every key a visible symlink through `..data`, then
-    keys that left the payload unlinked and the previous version's directory removed."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._versions = 0
-
-    def write(self, files: Mapping[str, str]) -> None:
-        self._versions += 1
-        stamp = f"..2026_01_01_00_00_00.{self._versions}"
-        (self.root / stamp).mkdir()
-        for name, text in files.items():
-            (self.root / stamp / name).write_text(text)
-        data = self.root / "..data"
-        previous = os.readlink(data) if os.path.lexists(data) else None
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(stamp)
-        os.rename(tmp, data)
-        for name in files:
-            if not os.path.lexists(self.root / name):
-                (self.root / name).symlink_to(Path("..data") / name)
-        for name in os.listdir(self.root):
-            if not name.startswith(".") and name not in files:
-                (self.root / name).unlink()
-        if previous is not None:
-            shutil.rmtree(self.root / previous)
 
 
 @dataclass(frozen=True)
@@ -283,7 +249,7 @@ def test_a_rotated_credential_is_used_and_never_logged(
 
     # The next request injects the new key.
     rt = s.runtime()
-    reply = asyncio.run(Processor(rt).on_request_headers(em.request_headers(KEY)))
+    _, reply = asyncio.run(start(rt, em.request_headers(KEY)))
     headers = em.set_headers(reply.request_headers.response.header_mutation)
     assert headers["authorization"] == f"Bearer {new_key}"
 
@@ -333,9 +299,8 @@ def _header_values(reply: Any) -> dict[str, str]:
 
 
 async def _flow(rt: Runtime) -> Seen:
-    processor = Processor(rt)
     at_headers = rt.policies.current.version
-    await processor.on_request_headers(em.request_headers(KEY))
+    processor, _ = await start(rt, em.request_headers(KEY))
     await asyncio.sleep(0)  # let the reloader swap between this request's phases
     at_body = rt.policies.current.version
     reply = await processor.on_request_body(em.body(CHAT))

@@ -15,15 +15,14 @@ import redis.asyncio as aioredis
 
 from extproc.errors import Unavailable
 from extproc.policy.model import Algorithm, FailMode, Limit, Measure
-from extproc.quota import Cost, MemoryBackend, Scope, ScopedLimit
+from extproc.quota import Cost, MemoryBackend, ScopedLimit
 from extproc.quota.backends.redis import RedisBackend, connect
 from extproc.quota.failover import FailoverStore
 from extproc.telemetry.metrics import Metrics
+from tests.integration.store_helpers import NS, REQUESTS, queued_settlements, times_down, used
 from tests.redis_server import RedisServer
 from tests.waiting import wait_until_async
 
-NS = Scope("faults")
-REQUESTS = ScopedLimit(NS, Limit("requests", Measure.REQUESTS, 1000, 86400, Algorithm.CALENDAR))
 TOKENS = ScopedLimit(NS, Limit("tokens", Measure.TOKENS, 10_000, 86400, Algorithm.CALENDAR))
 LIMITS = [REQUESTS, TOKENS]
 
@@ -33,15 +32,6 @@ def make_store(server: RedisServer, metrics: Metrics, *, ttl: float = 600) -> Fa
     return FailoverStore(
         local=MemoryBackend(lease_ttl_s=ttl), shared=shared, metrics=metrics, probe_interval_s=0.1
     )
-
-
-async def used(server: RedisServer, limits: list[ScopedLimit]) -> list[int]:
-    """Counters as Redis holds them, read with a probe that takes nothing."""
-    probe = RedisBackend(connect(server.url), lease_ttl_s=600)
-    blocker = ScopedLimit(NS, Limit("blocker", Measure.REQUESTS, 0, 60, Algorithm.CALENDAR))
-    decision = await probe.reserve("probe", [*limits, blocker], Cost(1, 1, 1))
-    await probe.aclose()
-    return [s.used for s in decision.states[:-1]]
 
 
 def test_redis_down_fails_closed_then_recovers_without_losing_a_settlement(
@@ -59,7 +49,7 @@ def test_redis_down_fails_closed_then_recovers_without_losing_a_settlement(
             with pytest.raises(Unavailable, match="fails closed"):
                 await store.reserve("b", LIMITS, Cost(1, 10), FailMode.CLOSED)
         assert not store.up
-        assert metrics.store_transitions.labels("down")._value.get() == 1  # logged once
+        assert times_down(metrics) == 1  # logged once
         server.start()  # same socket: the probe notices, no restart of ours
 
         async def back() -> bool:
@@ -69,18 +59,14 @@ def test_redis_down_fails_closed_then_recovers_without_losing_a_settlement(
                 return False
             return d.allowed
 
-        assert await wait_until_async(back)
+        await wait_until_async(back)
         assert store.up
-        await wait_until_async(lambda: _true(metrics.settlements_queued._value.get() == 0))
+        await wait_until_async(lambda: queued_settlements(metrics) == 0)
         await store.aclose()
 
     asyncio.run(scenario())
     # Redis restarted empty (no persistence in the test): what it counts since is exact.
     assert asyncio.run(used(server, LIMITS)) == [1, 10]
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_a_frozen_redis_times_out_and_queued_settlements_replay_when_it_is_back(
@@ -97,7 +83,7 @@ def test_a_frozen_redis_times_out_and_queued_settlements_replay_when_it_is_back(
             for reservation in held:
                 assert reservation is not None
                 await store.settle(reservation, Cost(1, 30))  # times out: queued
-            assert metrics.settlements_queued._value.get() == 3
+            assert queued_settlements(metrics) == 3
             local = await store.reserve("during", LIMITS, Cost(1, 5), FailMode.OPEN)
             assert local.reservation is not None and local.reservation.origin == "local"
             await store.settle(local.reservation, Cost(1, 5))
@@ -106,9 +92,9 @@ def test_a_frozen_redis_times_out_and_queued_settlements_replay_when_it_is_back(
 
         async def replayed() -> bool:
             await store.reserve("x", [], Cost(), FailMode.OPEN)  # any call probes the store
-            return store.up and metrics.settlements_queued._value.get() == 0
+            return store.up and queued_settlements(metrics) == 0
 
-        assert await wait_until_async(replayed)
+        await wait_until_async(replayed)
         await store.aclose()
 
     asyncio.run(scenario())
@@ -147,7 +133,7 @@ def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing_closed(
     origins, connected = asyncio.run(scenario())
     assert origins == ["shared"] * burst
     assert connected <= 8 + 1  # the calls' share of the pool, plus the client that asked
-    assert metrics.store_transitions.labels("down")._value.get() == 0
+    assert times_down(metrics) == 0
     assert asyncio.run(used(server, LIMITS)) == [burst, burst]
 
 
@@ -269,7 +255,7 @@ def test_reservations_of_a_killed_sidecar_expire_and_are_given_back(server: Redi
                 await backend.settle(decision.reservation, Cost(1, 0))
             return decision.allowed
 
-        assert await wait_until_async(given_back, seconds=15)
+        await wait_until_async(given_back, seconds=15)
         await backend.aclose()
 
     asyncio.run(scenario())
@@ -305,23 +291,23 @@ def test_a_freeze_mid_load_counts_every_settlement_exactly_once(server: RedisSer
                     shared_cost += 2
 
         callers = [asyncio.create_task(caller(n)) for n in range(20)]
-        assert await wait_until_async(lambda: _true(shared_cost >= 200))
+        await wait_until_async(lambda: shared_cost >= 200)
         server.pause()
-        assert await wait_until_async(lambda: _true(not store.up))
+        await wait_until_async(lambda: not store.up)
         server.resume()
-        assert await wait_until_async(lambda: _true(store.up and shared_cost >= 600))
+        await wait_until_async(lambda: store.up and shared_cost >= 600)
         stop.set()
         await asyncio.gather(*callers)
-        assert await wait_until_async(lambda: _true(metrics.settlements_queued._value.get() == 0))
+        await wait_until_async(lambda: queued_settlements(metrics) == 0)
         await store.aclose()
         return shared_cost
 
     shared_cost = asyncio.run(scenario())
 
-    async def exact() -> bool:
-        return await used(server, [roomy]) == [shared_cost]
+    held: list[int] = []
 
-    assert asyncio.run(wait_until_async(exact, seconds=30)), (
-        asyncio.run(used(server, [roomy])),
-        shared_cost,
-    )
+    async def exact() -> bool:
+        held[:] = await used(server, [roomy])
+        return held == [shared_cost]
+
+    asyncio.run(wait_until_async(exact, seconds=30, detail=lambda: (held, shared_cost)))

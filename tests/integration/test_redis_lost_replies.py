@@ -17,7 +17,7 @@ from extproc.quota import Cost, MemoryBackend, ScopedLimit
 from extproc.quota.backends.redis import RedisBackend, connect
 from extproc.quota.failover import FailoverStore
 from extproc.telemetry.metrics import Metrics
-from tests.integration.test_redis_faults import NS, REQUESTS, _true, used
+from tests.integration.store_helpers import NS, REQUESTS, queued_settlements, used
 from tests.redis_proxy import ReplyHoldingProxy
 from tests.redis_server import RedisServer
 from tests.waiting import wait_until_async
@@ -53,16 +53,19 @@ def test_a_reserve_redis_ran_for_a_cancelled_caller_is_given_back(
         store = await warm_store(proxy, metrics, timeout_s=30)
         proxy.hold_reply_to(b"reserve")
         caller = asyncio.create_task(store.reserve("left", LIMITS, Cost(1, 10), FailMode.CLOSED))
-        assert await wait_until_async(lambda: _true(proxy.withheld.is_set()))  # Redis ran it
+        await wait_until_async(proxy.withheld.is_set)  # Redis ran it
         caller.cancel()  # what grpc does to the handler when Envoy resets the stream
         with pytest.raises(asyncio.CancelledError):
             await caller
 
-        async def given_back() -> bool:
-            return await used(server, LIMITS) == [1, 0]  # only the warm-up request counts
+        seen: list[int] = []
 
-        assert await wait_until_async(given_back), await used(server, LIMITS)
-        assert metrics.settlements_queued._value.get() == 0
+        async def given_back() -> bool:
+            seen[:] = await used(server, LIMITS)
+            return seen == [1, 0]  # only the warm-up request counts
+
+        await wait_until_async(given_back, detail=lambda: seen)
+        assert queued_settlements(metrics) == 0
         await store.aclose()
 
     asyncio.run(scenario())
@@ -78,18 +81,20 @@ def test_a_reserve_redis_ran_after_it_timed_out_is_given_back_once_the_store_ans
         proxy.hold_reply_to(b"reserve")
         with pytest.raises(Unavailable):
             await store.reserve("late", LIMITS, Cost(1, 10), FailMode.CLOSED)
-        assert await wait_until_async(lambda: _true(proxy.withheld.is_set()))  # Redis ran it
-        assert not store.up and metrics.settlements_queued._value.get() == 1
+        await wait_until_async(proxy.withheld.is_set)  # Redis ran it
+        assert not store.up and queued_settlements(metrics) == 1
         probes = 0
+        seen: list[int] = []
 
         async def given_back() -> bool:
             nonlocal probes
             probes += 1  # any call probes the store; its success replays the queue
             await store.reserve(f"probe-{probes}", [], Cost(), FailMode.OPEN)
-            return await used(server, LIMITS) == [1, 0]
+            seen[:] = await used(server, LIMITS)
+            return seen == [1, 0]
 
-        assert await wait_until_async(given_back), await used(server, LIMITS)
-        assert store.up and metrics.settlements_queued._value.get() == 0
+        await wait_until_async(given_back, detail=lambda: seen)
+        assert store.up and queued_settlements(metrics) == 0
         await store.aclose()
 
     asyncio.run(scenario())

@@ -1,4 +1,6 @@
-"""Unit tests of the mock provider: answer text, wire formats, HTTP framing, scripting, auth.
+"""Unit tests of the mock provider's answers: the answer text and its token counts, and the
+OpenAI and Anthropic wire formats (prompt counts, bodies, stream events, error bodies). Its
+HTTP parser and its router have their own files.
 
 Token counts are checked against tiktoken directly (not through the mock's own helpers), so a
 wrong word list or a wrong prompt formula fails here.
@@ -7,24 +9,16 @@ wrong word list or a wrong prompt formula fails here.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.dev.mock_provider.anthropic import AnthropicDialect
 from extproc.dev.mock_provider.common import ApiError, Completion, ParsedRequest
-from extproc.dev.mock_provider.http import Reply
 from extproc.dev.mock_provider.openai import OpenAIDialect
-from extproc.dev.mock_provider.parser import HttpError, Request, RequestParser
-from extproc.dev.mock_provider.recorder import Recorder, Stats
-from extproc.dev.mock_provider.router import Router
-from extproc.dev.mock_provider.script import DEFAULT, script_from
 from extproc.dev.mock_provider.text import (
     WORDS,
     answer_words,
@@ -32,19 +26,10 @@ from extproc.dev.mock_provider.text import (
     plan_length,
     seed_for,
 )
-from extproc.providers import tokens
+from tests.token_counts import ntok
 
 ENCODINGS = ("cl100k_base", "o200k_base")
-DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / ".cache" / "tiktoken"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _vocab() -> None:
-    tokens.use_vocab_dir(Path(os.environ.get("TOKENGATE_VOCAB_DIR", str(DEFAULT_VOCAB))))
-
-
-def ntok(text: str, encoding: str) -> int:
-    return len(tiktoken.get_encoding(encoding).encode_ordinary(text))
+pytestmark = pytest.mark.usefixtures("vocab_dir")
 
 
 # --- text generation --------------------------------------------------------------------
@@ -354,269 +339,6 @@ def test_anthropic_stream_without_usage_never_sends_usage() -> None:
 def test_anthropic_error_body(status: int, kind: str) -> None:
     body = json.loads(AnthropicDialect().error_body(status, "nope"))
     assert body == {"type": "error", "error": {"type": kind, "message": "nope"}}
-
-
-# --- HTTP parser ----------------------------------------------------------------------------
-
-POST = (
-    b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-    b"Authorization: one\r\nauthorization: two\r\n\r\nhello"
-)
-CHUNKED = (
-    b"POST /v1/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
-)
-
-
-def parse_all(data: bytes, *, step: int = 0, max_body: int = 1 << 20) -> RequestParser:
-    parser = RequestParser(max_body=max_body)
-    if step:
-        for i in range(0, len(data), step):
-            parser.feed(data[i : i + step])
-    else:
-        parser.feed(data)
-    return parser
-
-
-@pytest.mark.parametrize("step", [0, 1, 2, 7])
-def test_parser_content_length_and_chunked_split_anywhere(step: int) -> None:
-    parser = parse_all(POST + CHUNKED + POST, step=step)
-    assert parser.error is None
-    first, second, third = parser.ready
-    assert (first.method, first.path, first.query, first.body) == (
-        "POST",
-        "/v1/chat/completions",
-        "x=1",
-        b"hello",
-    )
-    assert first.header_all("authorization") == ["one", "two"]
-    assert first.header("authorization") == "one" and first.keep_alive
-    assert (second.path, second.body) == ("/v1/messages", b"hello world")
-    assert third.body == b"hello"
-
-
-def test_parser_waits_for_the_whole_body() -> None:
-    parser = parse_all(POST[:-1])
-    assert not parser.ready and parser.error is None
-    parser.feed(b"o")
-    assert parser.ready[0].body == b"hello"
-
-
-@pytest.mark.parametrize(
-    ("data", "status"),
-    [
-        (b"GARBAGE\r\n\r\n", 400),
-        (b"GET / HTTP/1.1 extra\r\n\r\n", 400),
-        (b"GET / HTTP/2.0\r\n\r\n", 505),
-        (b"GET http://x/ HTTP/1.1\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nBad Name: b\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY", 400),
-        (b"POST /v1/messages HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n", 413),
-        (b"GET / HTTP/1.1\r\nA: " + b"x" * 70000, 431),
-    ],
-)
-def test_parser_rejects_malformed_requests(data: bytes, status: int) -> None:
-    parser = parse_all(data)
-    assert parser.error is not None and parser.error.status == status
-    assert not parser.ready
-
-
-def test_parser_keeps_requests_before_an_error_and_names_the_failed_path() -> None:
-    parser = parse_all(POST + b"POST /v1/messages HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n")
-    assert len(parser.ready) == 1 and parser.error is not None
-    assert parser.failed_path == "/v1/messages"
-    parser.feed(POST)  # ignored after an error
-    assert len(parser.ready) == 1
-
-
-@pytest.mark.parametrize(
-    ("head", "keep_alive"),
-    [
-        (b"GET / HTTP/1.1\r\n\r\n", True),
-        (b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n", False),
-        (b"GET / HTTP/1.0\r\n\r\n", False),
-    ],
-)
-def test_parser_keep_alive(head: bytes, keep_alive: bool) -> None:
-    assert parse_all(head).ready[0].keep_alive is keep_alive
-
-
-def test_parser_expect_continue_until_body_arrives() -> None:
-    parser = parse_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
-    assert parser.expect_continue and not parser.ready
-    parser.feed(b"ok")
-    assert not parser.expect_continue and parser.ready[0].body == b"ok"
-
-
-# --- scripting, recorder, router ------------------------------------------------------------
-
-
-def request(
-    path: str = "/v1/chat/completions",
-    body: object = None,
-    headers: list[tuple[str, str]] | None = None,
-    method: str = "POST",
-) -> Request:
-    raw = json.dumps(body).encode() if body is not None else b""
-    query = ""
-    if "?" in path:
-        path, query = path.split("?", 1)
-    return Request(method, path, query, "HTTP/1.1", headers or [], raw)
-
-
-def test_script_defaults_and_headers() -> None:
-    assert script_from(request()) is DEFAULT
-    script = script_from(
-        request(
-            headers=[
-                ("x-mock-status", "429"),
-                ("x-mock-delay-ms", "250"),
-                ("x-mock-completion-tokens", "40"),
-                ("x-mock-chunk-delay-ms", "5"),
-                ("x-mock-tokens-per-chunk", "2"),
-                ("x-mock-omit-usage", "1"),
-            ]
-        )
-    )
-    assert (script.status, script.delay, script.completion_tokens) == (429, 0.25, 40)
-    assert (script.chunk_delay, script.tokens_per_chunk, script.omit_usage) == (0.005, 2, True)
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("x-mock-status", "200"),
-        ("x-mock-status", "abc"),
-        ("x-mock-delay-ms", "-1"),
-        ("x-mock-completion-tokens", "9" * 5000),
-        ("x-mock-tokens-per-chunk", "0"),
-        ("x-mock-omit-usage", "maybe"),
-    ],
-)
-def test_script_rejects_bad_values(name: str, value: str) -> None:
-    with pytest.raises(ApiError) as info:
-        script_from(request(headers=[(name, value)]))
-    assert info.value.status == 400 and name in info.value.message
-
-
-def test_recorder_ring_buffer_tag_filter_and_credentials() -> None:
-    recorder = Recorder(capacity=3)
-    for i in range(5):
-        headers = [("x-request-tag", f"t{i % 2}"), ("authorization", "a"), ("x-api-key", "b")]
-        headers.append(("authorization", f"c{i}"))
-        req = request(body={"model": "m", "stream": True}, headers=headers)
-        recorder.record(req, json.loads(req.body))
-    assert [r["seq"] for r in recorder.query(None)] == [3, 4, 5]
-    assert [r["seq"] for r in recorder.query("t0")] == [3, 5]
-    last = recorder.query("t0")[-1]
-    assert last["credentials"] == {"authorization": ["a", "c4"], "x-api-key": ["b"]}
-    assert (last["model"], last["stream"], last["path"]) == ("m", True, "/v1/chat/completions")
-    assert last["body_bytes"] == len(b'{"model": "m", "stream": true}')
-
-
-def router(require_key: str | None = None) -> tuple[Router, Stats]:
-    stats = Stats()
-    return Router(stats=stats, recorder=Recorder(), require_key=require_key), stats
-
-
-def reply_of(r: Router, req: Request) -> Reply:
-    out = r.handle(req)
-    assert isinstance(out, Reply)
-    return out
-
-
-OPENAI_BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-ANTHROPIC_BODY = {**OPENAI_BODY, "max_tokens": 100}
-
-
-@pytest.mark.parametrize(
-    ("path", "body", "headers", "status"),
-    [
-        ("/v1/chat/completions", OPENAI_BODY, [("authorization", "Bearer k")], 200),
-        ("/v1/chat/completions", OPENAI_BODY, [("authorization", "bearer k")], 200),
-        ("/v1/chat/completions", OPENAI_BODY, [("authorization", "Bearer x")], 401),
-        ("/v1/chat/completions", OPENAI_BODY, [("x-api-key", "k")], 401),
-        ("/v1/chat/completions", OPENAI_BODY, [], 401),
-        (
-            "/v1/chat/completions",
-            OPENAI_BODY,
-            [("authorization", "Bearer k"), ("api-key", "k")],
-            401,
-        ),
-        (
-            "/v1/chat/completions",
-            OPENAI_BODY,
-            [("authorization", "Bearer k"), ("authorization", "Bearer k")],
-            401,
-        ),
-        ("/v1/messages", ANTHROPIC_BODY, [("x-api-key", "k")], 200),
-        ("/v1/messages", ANTHROPIC_BODY, [("authorization", "Bearer k")], 401),
-        ("/v1/messages", ANTHROPIC_BODY, [("x-api-key", "k"), ("x-goog-api-key", "k")], 401),
-    ],
-)
-def test_require_key(path: str, body: object, headers: list[tuple[str, str]], status: int) -> None:
-    r, _ = router(require_key="k")
-    reply = reply_of(r, request(path, body, headers))
-    assert reply.status == status
-    if status == 401 and path == "/v1/messages":
-        assert json.loads(reply.body)["error"]["type"] == "authentication_error"
-    elif status == 401:
-        assert json.loads(reply.body)["error"]["code"] == "invalid_api_key"
-
-
-def test_router_answer_has_exact_usage_and_scripted_length() -> None:
-    r, stats = router()
-    body = {**OPENAI_BODY, "max_tokens": 10}
-    reply = reply_of(r, request(body=body, headers=[("x-mock-completion-tokens", "12")]))
-    answer = json.loads(reply.body)
-    content = answer["choices"][0]["message"]["content"]
-    assert ntok(content, "o200k_base") == 10 == answer["usage"]["completion_tokens"]
-    assert answer["choices"][0]["finish_reason"] == "length"
-    assert answer["usage"]["prompt_tokens"] == ntok("hi", "o200k_base") + 3 + 3
-    assert stats.requests == 1
-    again = json.loads(reply_of(r, request(body=body, headers=[])).body)
-    assert again["choices"][0]["message"]["content"] == content  # same body, same answer
-
-
-@pytest.mark.parametrize(
-    ("req", "status"),
-    [
-        (request("/v1/nope", OPENAI_BODY), 404),
-        (request("/v1/messages", ANTHROPIC_BODY, method="GET"), 405),
-        (request("/v1/chat/completions", None), 400),
-        (request("/v1/messages", ANTHROPIC_BODY, [("x-mock-status", "529")]), 529),
-        (request("/v1/chat/completions", OPENAI_BODY, [("x-mock-status", "nope")]), 400),
-        (request("/_mock/health", method="GET"), 200),
-        (request("/_mock/nope", method="GET"), 404),
-        (request("/_mock/stats", method="POST"), 405),
-    ],
-)
-def test_router_status(req: Request, status: int) -> None:
-    r, _ = router()
-    assert reply_of(r, req).status == status
-
-
-def test_router_offloads_big_bodies() -> None:
-    r, _ = router()
-    big = {**OPENAI_BODY, "messages": [{"role": "user", "content": "word " * 20000}]}
-    assert not isinstance(r.handle(request(body=big)), Reply)
-
-
-def test_router_http_error_uses_the_provider_format() -> None:
-    r, _ = router()
-    anthropic = json.loads(r.http_error("/v1/messages", HttpError(413, "too big")).body)
-    assert anthropic["error"]["type"] == "request_too_large"
-    fallback = json.loads(r.http_error(None, HttpError(400, "bad")).body)
-    assert fallback["error"]["type"] == "invalid_request_error"
 
 
 def test_parsed_request_counts_with_overhead() -> None:

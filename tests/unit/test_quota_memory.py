@@ -1,6 +1,7 @@
 """What only the in-process store has: its default lease TTL and its view of open
 reservations. Everything both backends share (reserve, debit, settle, release, expiry, the
-algorithms) is in tests/integration/test_quota_backends.py, run against both."""
+algorithms) is in the shared suite, tests/integration/test_quota_*.py (helpers in
+quota_semantics.py), run against both."""
 
 from __future__ import annotations
 
