@@ -141,9 +141,10 @@ class StreamedAnswer:
         chunk = self._stream.take(msg.body, end_of_stream=msg.end_of_stream)
         if not self._budget.open:  # settled already (the client left): just pass it on
             return _body_reply(chunk.forward)
-        cut = await self._budget.cover(chunk.tokens)
-        if cut is not None:
-            return await self._cut(cut)
+        if not self._budget.spend(chunk.tokens):
+            cut = await self._budget.cover(chunk.tokens)
+            if cut is not None:
+                return await self._cut(cut)
         pace = self._stream.pace(chunk.tokens)
         if pace is not None:
             self._rt.metrics.observe_pace(

@@ -59,9 +59,17 @@ class StreamBudget:
         """Not settled yet: chunks still count against it."""
         return self._reservation is not None
 
+    def spend(self, tokens: int) -> bool:
+        """Deliver `tokens` more completion tokens if what the stream holds covers them (no
+        store traffic: the usual case, kept synchronous for the per-chunk path)."""
+        if self._prompt_tokens + self.delivered + tokens > self._granted:
+            return False
+        self.delivered += tokens
+        return True
+
     async def cover(self, tokens: int) -> Cut | None:
         """Make room for `tokens` more completion tokens (debiting the store when the stream
-        outgrew what it holds); the cut when they do not fit. Delivered only on success."""
+        outgrew what it holds) and deliver them; the cut when they do not fit."""
         shortfall = self._prompt_tokens + self.delivered + tokens - self._granted
         if shortfall > 0:
             cut = await self._grow(shortfall)

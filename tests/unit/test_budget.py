@@ -41,8 +41,9 @@ async def _used(store: FailoverStore) -> int:
 def test_within_the_reservation_a_stream_asks_the_store_nothing() -> None:
     async def scenario() -> None:
         budget, store, metrics = await _budget(reserved_completion=20)
-        assert await budget.cover(13) is None
+        assert budget.spend(13)
         assert await budget.cover(7) is None  # 7 + 20 = the 27 held
+        assert not budget.spend(1)  # beyond what it holds: only `cover` may ask the store
         assert (budget.delivered, _debits(metrics), await _used(store)) == (20, 0, 27)
 
     asyncio.run(scenario())
