@@ -11,9 +11,13 @@ classes that exist (every subclass drawn, under its real parent, in its real mod
     │   ├── BadRequest           400  malformed JSON, bad field, nesting too deep
     │   ├── Unauthenticated      401  no gateway key, unknown key
     │   ├── PermissionDenied     403  model not allowed, namespace without policy
+    │   ├── NotFound             404  a route the gateway neither governs nor has been opened
+    │   ├── MethodNotAllowed     405  a known route with another method (names the allowed)
     │   ├── PayloadTooLarge      413  body over the configured limit
+    │   ├── UnsupportedMediaType 415  a compressed request body (we govern what we can read)
     │   ├── RateLimited          429  a limit refused the request (names it, says when to retry)
     │   ├── InternalFailure      500  a bug in tokengate: generic text, details only in the log
+    │   ├── BadGateway           502  an upstream answer the gateway cannot read to count it
     │   └── Unavailable          503  a dependency is down and the policy fails closed
     ├── ConfigError            bad settings or a bad policy file: stops start-up, never a request
     │   ├── PolicyError          names the file, the document and the field
@@ -83,11 +87,41 @@ class PermissionDenied(ClientError):
     code = "model_not_allowed"
 
 
+class NotFound(ClientError):
+    """Default deny: not a governed route, and no `Route` policy opens it for the caller."""
+
+    outcome = "not_found"
+    status = 404
+    error_type = "invalid_request_error"
+    code = "unknown_url"
+
+
+class MethodNotAllowed(ClientError):
+    outcome = "method_not_allowed"
+    status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": ", ".join(self.allowed)}
+
+
 class PayloadTooLarge(ClientError):
     outcome = "too_large"
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    outcome = "unsupported_media_type"
+    status = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_content_encoding"
 
 
 class RateLimited(ClientError):
@@ -112,6 +146,16 @@ class InternalFailure(ClientError):
     status = 500
     error_type = "api_error"
     code = "internal_error"
+
+
+class BadGateway(ClientError):
+    """The upstream answered in a form the gateway cannot govern (e.g. an encoding it cannot
+    decode); nothing of it reaches the client, the reservation is charged."""
+
+    outcome = "bad_gateway"
+    status = 502
+    error_type = "api_error"
+    code = "upstream_unreadable"
 
 
 class Unavailable(ClientError):

@@ -1,15 +1,25 @@
-"""Plays Envoy's part for the gate without Envoy: open a stream's processor the way the
-ext_proc service does, from the request headers."""
+"""Plays Envoy's part for the gate without Envoy: a worker's runtime on a given policy, and
+opening a stream's processor the way the ext_proc service does, from the request headers."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from extproc.gate.credentials import Secret
 from extproc.gate.processor import Processor
 from extproc.gate.routes import open_processor
-from extproc.gate.runtime import Runtime
+from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
+from extproc.policy import parse_documents
+from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy, Route
+from extproc.providers.tokens import TokenCounter
+from extproc.quota import MemoryBackend, ScopedLimit
+from extproc.quota.failover import FailoverStore
+from extproc.telemetry.metrics import Metrics
+
+PROVIDER_KEYS = {"openai": "sk-provider", "anthropic": "sk-ant-provider"}
 
 
 async def start(
@@ -24,3 +34,37 @@ async def start(
     reply = await processor.dispatch("request_headers", request)
     assert reply is not None, "request headers are always answered"
     return processor, reply
+
+
+def runtime_for(
+    policy_yaml: str,
+    *,
+    max_body_bytes: int = 10_000,
+    keys: Mapping[str, str] = PROVIDER_KEYS,
+) -> Runtime:
+    """A worker's runtime on `policy_yaml`, the real in-process store and tokenizer (the
+    caller's `vocab_dir` fixture must have run)."""
+    docs = parse_documents(policy_yaml, file="test.yaml")
+    snapshot = PolicySnapshot(
+        policies={d.namespace: d for d in docs if isinstance(d, QuotaPolicy)},
+        keys_by_sha256={d.sha256: d for d in docs if isinstance(d, ApiKey)},
+        routes=tuple(d for d in docs if isinstance(d, Route)),
+        version="test",
+        loaded_at=0.0,
+    )
+    metrics = Metrics()
+    return Runtime(
+        policies=SnapshotHolder(snapshot),
+        store=FailoverStore(local=MemoryBackend(), shared=None, metrics=metrics),
+        counter=TokenCounter(threads=1),
+        credentials=CredentialsHolder({name: Secret(key) for name, key in keys.items()}),
+        metrics=metrics,
+        limits=Limits(max_body_bytes=max_body_bytes),
+    )
+
+
+async def used(rt: Runtime, limit: ScopedLimit) -> int:
+    """What the store counts now for `limit`, through its own interface (as the control API
+    asks it)."""
+    (state,) = await rt.store.peek([limit])
+    return state.used

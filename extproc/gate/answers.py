@@ -15,15 +15,18 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc._json import decode_object
-from extproc.errors import ClientError
+from extproc.errors import BadGateway, ClientError
 from extproc.gate import replies
 from extproc.gate.admission import Admission
 from extproc.gate.budget import Cut, StreamBudget
+from extproc.gate.encoding import Decoder
 from extproc.gate.runtime import Runtime
-from extproc.gate.stream import AnswerStream
+from extproc.gate.stream import AnswerStream, Chunk
 from extproc.providers import Provider, Usage
 from extproc.providers.tokens import encoding_name_for
 from extproc.quota import Reservation
+
+UNREADABLE = "upstream-encoding"  # the `limit` label of a stream cut for an unreadable chunk
 
 
 async def settle(
@@ -62,19 +65,36 @@ class PlainAnswer:
 
     cut: Cut | None = None  # a plain answer is never cut
 
-    def __init__(self, *, runtime: Runtime, admission: Admission, provider: Provider) -> None:
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        admission: Admission,
+        provider: Provider,
+        decoder: Decoder | None,
+    ) -> None:
         self._rt = runtime
         self._admission = admission
         self._provider = provider
+        self._decoder = decoder
         self._reservation: Reservation | None = admission.reservation
         self._chunks: list[bytes] = []
         self._size = 0
 
     async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
-        self._keep(msg.body)
+        body = msg.body
+        if self._decoder is not None:
+            try:
+                body = self._decoder.decode(body)
+            except BadGateway as error:  # charged its reservation; Envoy resets the answer
+                await self.settle()
+                return _immediate(self._provider, error)
+        self._keep(body)
         if msg.end_of_stream:
             await self._settle_from(b"".join(self._chunks))
-        return replies.RESPONSE_BODY_CONTINUE
+        if self._decoder is None:
+            return replies.RESPONSE_BODY_CONTINUE
+        return replies.response_body_reply(body)
 
     def _keep(self, chunk: bytes) -> None:
         """Past the body limit, usage is unreadable and the reservation is charged as it
@@ -108,10 +128,18 @@ class StreamedAnswer:
     event naming the limit; the next message after a cut is answered with an immediate
     response, which makes Envoy reset both sides so the provider stops generating."""
 
-    def __init__(self, *, runtime: Runtime, admission: Admission, provider: Provider) -> None:
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        admission: Admission,
+        provider: Provider,
+        decoder: Decoder | None,
+    ) -> None:
         self._rt = runtime
         self._admission = admission
         self._provider = provider
+        self._decoder = decoder
         request = admission.request
         self._stream = AnswerStream(
             provider=provider,
@@ -131,14 +159,16 @@ class StreamedAnswer:
 
     async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         if self.cut is not None:
-            error = self.cut.error
-            return replies.immediate_reply(
-                status=error.status,
-                body=self._provider.error_body(error),
-                headers={},
-                details="tokengate_stream_cut",
-            )
-        chunk = self._stream.take(msg.body, end_of_stream=msg.end_of_stream)
+            return _immediate(self._provider, self.cut.error)
+        data = msg.body
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decode(data)
+            except BadGateway as error:
+                return await self._cut(Cut(error, UNREADABLE))
+        chunk = self._stream.take(data, end_of_stream=msg.end_of_stream)
+        if chunk.forward is None and self._decoder is not None:
+            chunk = Chunk(data, chunk.tokens)  # decoded: the client gets the decoded bytes
         if not self._budget.open:  # settled already (the client left): just pass it on
             return _body_reply(chunk.forward)
         if not self._budget.spend(chunk.tokens):
@@ -180,6 +210,15 @@ class StreamedAnswer:
             )  # fmt: skip
         else:
             await settle_usage(self._rt, self._admission, reservation, usage)
+
+
+def _immediate(provider: Provider, error: ClientError) -> ep.ProcessingResponse:
+    """Answered after the response headers went out: Envoy resets both sides, so the
+    provider stops generating (and billing)."""
+    return replies.immediate_reply(
+        status=error.status, body=provider.error_body(error), headers={},
+        details="tokengate_stream_cut",
+    )  # fmt: skip
 
 
 def _body_reply(forward: bytes | None) -> ep.ProcessingResponse:

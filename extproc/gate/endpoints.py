@@ -34,11 +34,19 @@ ENDPOINTS: dict[str, Endpoint] = {
     ),
 }
 
-# Unknown paths are answered in this schema when they must be refused.
-DEFAULT_PROVIDER: Provider = _openai.PROVIDER
-DEFAULT_UPSTREAM = "openai"
+# A provider family by the upstream cluster it is served from (a `Route` names one of these).
+PROVIDERS: dict[str, Provider] = {"openai": _openai.PROVIDER, "anthropic": _anthropic.PROVIDER}
+_ANTHROPIC_PATHS = "/v1/messages"  # Anthropic's API lives under it; everything else is OpenAI's
 
 
-def normalise(path: str) -> str:
-    """The table key of a request path: query string and trailing slash dropped."""
-    return path.partition("?")[0].rstrip("/") or "/"
+def provider_for_path(path: str) -> Provider:
+    """The schema a refusal of `path` is written in: the one its SDK expects."""
+    return _anthropic.PROVIDER if path.startswith(_ANTHROPIC_PATHS) else _openai.PROVIDER
+
+
+def path_of(raw: str) -> str:
+    """The table key of a request's `:path`: the query string dropped, nothing else. Envoy
+    has normalised it (dot segments, doubled slashes, escaped slashes), so it is exactly what
+    the upstream will see; any other spelling (a trailing slash, `;params`, upper case) is a
+    different path and is refused, not guessed at."""
+    return raw.partition("?")[0]

@@ -10,10 +10,17 @@ from collections.abc import Mapping
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc._json import decode_object
-from extproc.errors import ClientError, PayloadTooLarge
+from extproc.errors import (
+    BadGateway,
+    BadRequest,
+    ClientError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
 from extproc.gate.answers import PlainAnswer, StreamedAnswer
+from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
 from extproc.gate.processor import Processor, header_map, succeeded
 from extproc.gate.runtime import Runtime
@@ -44,10 +51,25 @@ class GovernedProcessor(Processor):
     def model(self) -> str:
         return self._model
 
-    async def admit_headers(self, tenant: Tenant) -> None:
-        declared = self._request_headers.get("content-length")
+    async def admit_headers(self, tenant: Tenant, *, has_body: bool) -> None:
+        headers = self._request_headers
+        declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self._rt.limits.max_body_bytes:
             raise self._too_large(int(declared))
+        coding = headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            raise UnsupportedMediaType(
+                f"Request bodies with content-encoding {coding[:40]!r} are not accepted: the "
+                "gateway counts what it forwards, so send the body uncompressed."
+            )
+        if not has_body:
+            await self.count_refused(tenant)
+            raise BadRequest("The request has no body; a JSON body is required.")
+
+    def upstream_headers(self, key: str) -> dict[str, str]:
+        """Also ask for an uncompressed answer: every byte of it is read and counted (Envoy
+        compresses toward the client afterwards, if it asked)."""
+        return {**super().upstream_headers(key), "accept-encoding": "identity"}
 
     def needs_more_time(self, msg: ep.HttpBody) -> bool:
         """A body this large is counted off-thread; ask Envoy to wait longer for it."""
@@ -68,7 +90,11 @@ class GovernedProcessor(Processor):
     async def _admit(self, tenant: Tenant, msg: ep.HttpBody) -> Admission:
         if not msg.end_of_stream or len(msg.body) > self._rt.limits.max_body_bytes:
             raise self._too_large(len(msg.body))
-        parsed = self._endpoint.parse(decode_object(msg.body))
+        try:
+            parsed = self._endpoint.parse(decode_object(msg.body))
+        except BadRequest:
+            await self.count_refused(tenant)  # empty, whitespace, malformed: still a request
+            raise
         self._model = parsed.model
         check_model(tenant, parsed.model)
         costing = Costing.for_request(self._rt.prices, tenant.limits, parsed.model)
@@ -101,13 +127,25 @@ class GovernedProcessor(Processor):
             return replies.response_headers_reply(
                 set_headers=self._headers, mode=replies.SKIP_RESPONSE_BODY_MODE
             )
-        if self._admission is not None:
-            self._reservation = None  # the answer settles it from now on
-            kind = StreamedAnswer if _is_stream(headers) else PlainAnswer
-            self._answer = kind(
-                runtime=self._rt, admission=self._admission, provider=self._provider
+        if self._admission is None:
+            return replies.response_headers_reply(set_headers=self._headers)
+        self._reservation = None  # the answer settles it from now on
+        try:
+            decoder = decoder_for(
+                headers.get("content-encoding", ""), max_out=4 * self._rt.limits.max_body_bytes
             )
-        return replies.response_headers_reply(set_headers=self._headers, mode=None)
+        except BadGateway as error:  # unreadable: nothing reaches the client, all is charged
+            await self._rt.store.settle(
+                self._admission.reservation, self._admission.reservation.cost
+            )
+            return self.refuse(error)
+        kind = StreamedAnswer if _is_stream(headers) else PlainAnswer
+        self._answer = kind(
+            runtime=self._rt, admission=self._admission, provider=self._provider, decoder=decoder
+        )
+        # A decoded answer goes on uncompressed, in chunks of another length.
+        remove = ("content-encoding", "content-length") if decoder is not None else ()
+        return replies.response_headers_reply(set_headers=self._headers, remove=remove)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         if self._answer is None:

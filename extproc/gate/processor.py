@@ -23,7 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from extproc.errors import ClientError, InternalFailure, Unavailable
 from extproc.gate import replies
 from extproc.gate.admission import Tenant, admit_tenant
-from extproc.gate.credentials import CLIENT_CREDENTIAL_HEADERS
+from extproc.gate.credentials import credential_headers, without_credential_query
 from extproc.gate.identity import verified_claims
 from extproc.gate.runtime import Runtime
 from extproc.providers import Provider
@@ -73,7 +73,7 @@ class Processor(abc.ABC):
         """One ext_proc message -> its reply, by phase (`request.WhichOneof("request")`);
         None for a message that needs none."""
         if phase == "request_headers":
-            return await self.on_request_headers(request.metadata_context)
+            return await self.on_request_headers(request.request_headers, request.metadata_context)
         if phase == "request_body":
             return await self.on_request_body(request.request_body)
         if phase == "response_headers":
@@ -87,7 +87,9 @@ class Processor(abc.ABC):
     upstream: str  # the Envoy cluster this request goes to
     mode: ep.ProcessingMode  # what Envoy sends next once the headers are let through
 
-    async def on_request_headers(self, metadata: base_pb2.Metadata | None) -> ep.ProcessingResponse:
+    async def on_request_headers(
+        self, msg: ep.HttpHeaders, metadata: base_pb2.Metadata | None
+    ) -> ep.ProcessingResponse:
         try:
             self._tenant = admit_tenant(
                 self._rt.policies.current,
@@ -95,27 +97,38 @@ class Processor(abc.ABC):
                 self._request_headers,
                 verified_claims(metadata),
             )
-            await self.admit_headers(self._tenant)
+            await self.admit_headers(self._tenant, has_body=not msg.end_of_stream)
         except ClientError as error:
             return self.refuse(error)
         secret = self._rt.credentials.current.get(self.upstream)
         if secret is None:
-            return self.refuse(
-                Unavailable(f"no provider credential configured for {self.upstream}")
-            )
-        name = self._provider.credential_header
+            missing = Unavailable(f"no provider credential configured for {self.upstream}")
+            return self.refuse(missing)
         return replies.request_headers_reply(
-            set_headers={
-                name: self._provider.credential_value(secret.reveal()),
-                UPSTREAM_HEADER: self.upstream,
-            },
-            remove=[h for h in CLIENT_CREDENTIAL_HEADERS if h != name],
+            set_headers=self.upstream_headers(secret.reveal()),
+            remove=[h for h in credential_headers(self._request_headers) if h != self._key_header],
             mode=self.mode,
             clear_route_cache=True,
         )
 
+    @property
+    def _key_header(self) -> str:
+        return self._provider.credential_header
+
+    def upstream_headers(self, key: str) -> dict[str, str]:
+        """What the upstream request gets set: the provider key (the only credential it
+        carries), the cluster to route to, and the path without credential parameters."""
+        headers = {
+            self._key_header: self._provider.credential_value(key),
+            UPSTREAM_HEADER: self.upstream,
+        }
+        clean = without_credential_query(self._request_headers.get(":path", "/"))
+        if clean is not None:
+            headers[":path"] = clean
+        return headers
+
     @abc.abstractmethod
-    async def admit_headers(self, tenant: Tenant) -> None:
+    async def admit_headers(self, tenant: Tenant, *, has_body: bool) -> None:
         """What this kind of route checks or reserves before the request goes on; raises the
         `ClientError` to refuse it with."""
 
@@ -165,6 +178,12 @@ class Processor(abc.ABC):
         error = refusal_error(decision.refusal)
         self._rt.publish("refusal", error.message, tenant.caller, limit)
         raise error
+
+    async def count_refused(self, tenant: Tenant) -> None:
+        """A malformed request refused before its reservation still counts against the
+        caller's request limits (so that a flood of them is rate limited like any other)."""
+        reservation = await self.reserve(tenant, Cost(requests=1))
+        await self._rt.store.settle(reservation, Cost(requests=1))
 
     def refuse(self, error: ClientError) -> ep.ProcessingResponse:
         self.outcome = error.outcome

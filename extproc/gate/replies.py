@@ -77,9 +77,12 @@ def request_headers_reply(
 
 
 def response_headers_reply(
-    *, set_headers: Mapping[str, str], mode: ProcessingMode | None = None
+    *,
+    set_headers: Mapping[str, str],
+    mode: ProcessingMode | None = None,
+    remove: Iterable[str] = (),
 ) -> ep.ProcessingResponse:
-    common = ep.CommonResponse(header_mutation=_header_mutation(set_headers, ()))
+    common = ep.CommonResponse(header_mutation=_header_mutation(set_headers, remove))
     reply = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=common))
     if mode is not None:
         reply.mode_override.CopyFrom(mode)

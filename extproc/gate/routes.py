@@ -1,8 +1,11 @@
 """The route registry: which processor serves a request, chosen from its request line.
 
-A governed endpoint (a POST to a path in `endpoints.ENDPOINTS`) gets a `GovernedProcessor`;
-anything else the fallback, today a `PassthroughProcessor` (identified, counted as a request,
-forwarded). Adding a kind of route is one processor class and one entry here.
+Default deny. A governed endpoint (a POST to a path in `endpoints.ENDPOINTS`) gets a
+`GovernedProcessor`; a method and path that a `Route` policy opens gets a
+`PassthroughProcessor` (whether it is opened for the caller's namespace is checked once the
+caller is known); anything else a `RefusedProcessor`: 405 naming the allowed methods when
+the path is known, 404 otherwise. Governed endpoints win over routes. Adding a kind of
+route is one processor class and one entry here.
 """
 
 from __future__ import annotations
@@ -12,19 +15,22 @@ from collections.abc import Callable, Mapping
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.gate.endpoints import ENDPOINTS, normalise
+from extproc.errors import MethodNotAllowed, NotFound
+from extproc.gate.endpoints import ENDPOINTS, path_of
 from extproc.gate.governed import GovernedProcessor
 from extproc.gate.passthrough import PassthroughProcessor
 from extproc.gate.processor import Processor, header_map
+from extproc.gate.refused import RefusedProcessor
 from extproc.gate.runtime import Runtime
+from extproc.policy.model import Route
 
+MAX_SHOWN_PATH = 200  # of a client's path echoed in a refusal
 ProcessorFactory = Callable[..., Processor]  # (runtime=, request_headers=) -> a processor
 
-ROUTES: dict[tuple[str, str], ProcessorFactory] = {
+GOVERNED: dict[tuple[str, str], ProcessorFactory] = {
     ("POST", path): functools.partial(GovernedProcessor, endpoint=endpoint)
     for path, endpoint in ENDPOINTS.items()
 }
-FALLBACK: ProcessorFactory = PassthroughProcessor
 
 
 def open_processor(runtime: Runtime, request: ep.ProcessingRequest) -> Processor:
@@ -33,6 +39,30 @@ def open_processor(runtime: Runtime, request: ep.ProcessingRequest) -> Processor
     headers: Mapping[str, str] = (
         header_map(request.request_headers) if request.HasField("request_headers") else {}
     )
-    key = (headers.get(":method", ""), normalise(headers.get(":path", "/")))
-    factory = ROUTES.get(key, FALLBACK)
-    return factory(runtime=runtime, request_headers=headers)
+    method, path = headers.get(":method", ""), path_of(headers.get(":path", "/"))
+    governed = GOVERNED.get((method, path))
+    if governed is not None:
+        return governed(runtime=runtime, request_headers=headers)
+    routes = tuple(r for r in runtime.policies.current.routes if r.matches_path(path))
+    usable = tuple(r for r in routes if method in r.methods)
+    if usable:
+        return PassthroughProcessor(runtime=runtime, request_headers=headers, routes=usable)
+    return RefusedProcessor(
+        runtime=runtime, request_headers=headers, error=_refusal(method, path, routes)
+    )
+
+
+def _refusal(method: str, path: str, routes: tuple[Route, ...]) -> NotFound | MethodNotAllowed:
+    allowed = sorted(
+        {m for (m, p) in GOVERNED if p == path} | {m for r in routes for m in r.methods}
+    )
+    shown = path if len(path) <= MAX_SHOWN_PATH else path[:MAX_SHOWN_PATH] + "…"
+    if allowed:
+        return MethodNotAllowed(
+            f"{method[:16]} is not allowed on {shown}; allowed: {', '.join(allowed)}.",
+            allowed=tuple(allowed),
+        )
+    return NotFound(
+        f"{method[:16]} {shown} is not forwarded by this gateway: it governs generation "
+        "endpoints only, and the platform team has not opened this route.",
+    )

@@ -1,4 +1,5 @@
-"""Quota policies: typed model, loader and validator (see `model` for the shapes)."""
+"""Policies: quotas, gateway keys and forwarded routes — typed model, loader and validator
+(see `model` for the shapes)."""
 
 from extproc.policy.loader import load_directories, load_directory, parse_documents
 from extproc.policy.model import (
@@ -9,6 +10,7 @@ from extproc.policy.model import (
     PolicySnapshot,
     Priority,
     QuotaPolicy,
+    Route,
 )
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "PolicySnapshot",
     "Priority",
     "QuotaPolicy",
+    "Route",
     "load_directories",
     "load_directory",
     "parse_documents",

@@ -21,13 +21,13 @@ from typing import Any, NoReturn
 import yaml
 
 from extproc.errors import ConfigError, PolicyError
-from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy
+from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy, Route
 from extproc.policy.validate import validate_document
 
 MAX_FILE_BYTES = 1 << 20
 SUFFIXES = (".yaml", ".yml", ".json")
 
-Document = QuotaPolicy | ApiKey
+Document = QuotaPolicy | ApiKey | Route
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -104,6 +104,7 @@ def load_directories(
     return PolicySnapshot(
         policies=MappingProxyType(policies),
         keys_by_sha256=MappingProxyType(keys),
+        routes=tuple(item.obj for item in located if isinstance(item.obj, Route)),
         version=_version(contents),
         loaded_at=now(),
         sources=tuple(name for name, _ in contents),
@@ -192,7 +193,7 @@ def _decode(raw: bytes, name: str) -> str:
 
 def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, ApiKey]]:
     """Cross-document checks; the error names the later of the two clashing documents."""
-    seen_names: dict[tuple[str, str, str], _Located] = {}
+    seen_names: dict[tuple[str, str | None, str], _Located] = {}
     seen_namespaces: dict[str, _Located] = {}
     seen_hashes: dict[str, _Located] = {}
     policies: dict[str, QuotaPolicy] = {}
@@ -202,8 +203,11 @@ def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, A
         kind = type(obj).__name__
         ident = (kind, obj.namespace, obj.name)
         if ident in seen_names:
-            _clash(item, "metadata.name", f"{kind} {obj.namespace}/{obj.name}", seen_names[ident])
+            what = f"{kind} {obj.namespace or '(cluster-wide)'}/{obj.name}"
+            _clash(item, "metadata.name", what, seen_names[ident])
         seen_names[ident] = item
+        if isinstance(obj, Route):
+            continue
         if isinstance(obj, QuotaPolicy):
             if obj.namespace in seen_namespaces:
                 what = f"a QuotaPolicy for namespace {obj.namespace!r}"
@@ -220,7 +224,7 @@ def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, A
 
 def _clash(item: _Located, field: str, what: str, first: _Located) -> NoReturn:
     problem = (
-        f"{what} is already defined as {first.obj.namespace}/{first.obj.name} "
+        f"{what} is already defined as {first.obj.namespace or '(cluster-wide)'}/{first.obj.name} "
         f"in {first.file} (document {first.document})"
     )
     raise PolicyError(file=item.file, document=item.document, field=field, problem=problem)

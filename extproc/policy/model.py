@@ -98,6 +98,36 @@ class ApiKey:
     source: str = ""
 
 
+EVERY_NAMESPACE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path forwarded without being governed: the gateway denies every route it does not
+    govern unless one of these opens it. It names the methods and the path (exact, or a
+    prefix written `/v1/files/*`), the provider whose upstream and key serve it, who may use
+    it, and its own request and concurrency limits (counted per namespace, under the
+    caller's own). `namespace` None: cluster-wide, written by the platform team."""
+
+    name: str
+    namespace: str | None
+    methods: tuple[str, ...]
+    path: str
+    provider: str
+    namespaces: tuple[str, ...] = (EVERY_NAMESPACE,)
+    limits: tuple[Limit, ...] = ()
+    source: str = ""
+
+    def matches_path(self, path: str) -> bool:
+        if self.path.endswith("/*"):
+            prefix = self.path[:-1]
+            return path.startswith(prefix) and len(path) > len(prefix)
+        return path == self.path
+
+    def allows(self, namespace: str) -> bool:
+        return EVERY_NAMESPACE in self.namespaces or namespace in self.namespaces
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     """Everything the data path needs to decide, swapped whole on reload."""
@@ -107,3 +137,4 @@ class PolicySnapshot:
     version: str  # sha256 over the source files' content, first 16 hex digits
     loaded_at: float  # unix time
     sources: tuple[str, ...] = field(default=())
+    routes: tuple[Route, ...] = ()  # what default deny lets through, in file order

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from extproc.errors import RateLimited
-from extproc.policy.model import ApiKey, Limit, Measure, QuotaPolicy
+from extproc.policy.model import ApiKey, Limit, Measure, QuotaPolicy, Route
 from extproc.quota.store import LimitState, Refusal
 from extproc.quota.windows import Scope, ScopedLimit, describe_limit_period, format_duration
 
@@ -28,6 +28,12 @@ def limits_for(
         key_scope = Scope(policy.namespace, key.name)
         limits.extend(ScopedLimit(key_scope, grown(limit), tz) for limit in key.limits)
     return tuple(limits)
+
+
+def route_limits(route: Route, policy: QuotaPolicy) -> tuple[ScopedLimit, ...]:
+    """A forwarded route's own limits, counted for the caller's namespace on that route."""
+    scope = Scope(policy.namespace, route=route.name)
+    return tuple(ScopedLimit(scope, limit, policy.time_zone) for limit in route.limits)
 
 
 def _figure(measure: Measure, amount: int) -> str:

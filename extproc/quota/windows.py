@@ -16,13 +16,17 @@ KEY_PREFIX = "tg"
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Whose counter: a namespace, or one gateway key inside it."""
+    """Whose counter: a namespace, one gateway key inside it, or the namespace's use of one
+    forwarded route (`policy.model.Route`)."""
 
     namespace: str
     key_name: str | None = None
+    route: str | None = None
 
     @property
     def label(self) -> str:
+        if self.route is not None:
+            return f"{self.namespace} on route {self.route}"
         return self.namespace if self.key_name is None else f"{self.namespace}/{self.key_name}"
 
 
@@ -46,6 +50,8 @@ def limit_key(scope: Scope, limit_name: str) -> str:
     single script can check and debit all of a caller's limits atomically.
     """
     tag = f"{{ns:{scope.namespace}}}"
+    if scope.route is not None:
+        return f"{KEY_PREFIX}:{tag}:route:{scope.route}:{limit_name}"
     if scope.key_name is None:
         return f"{KEY_PREFIX}:{tag}:ns:{limit_name}"
     return f"{KEY_PREFIX}:{tag}:key:{scope.key_name}:{limit_name}"

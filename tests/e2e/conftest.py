@@ -73,6 +73,11 @@ spec:
     - {{name: few-tokens, tokens: 1, per: {LONG}}}
 ---
 apiVersion: tokengate.dev/v1
+kind: Route
+metadata: {{name: models, namespace: passthrough}}
+spec: {{methods: [GET], path: /v1/models, provider: openai}}
+---
+apiVersion: tokengate.dev/v1
 kind: QuotaPolicy
 metadata: {{name: claude, namespace: claude}}
 spec:

@@ -136,15 +136,30 @@ def test_model_outside_allow_list_is_forbidden(stack: LocalStack, tag: str) -> N
     assert mock_records(stack, tag) == []
 
 
-def test_unknown_path_passes_through_with_request_limits_only(stack: LocalStack, tag: str) -> None:
+def test_a_route_a_policy_opens_is_forwarded_with_request_limits_only(
+    stack: LocalStack, tag: str
+) -> None:
+    """Default deny: `GET /v1/models` is forwarded only because a Route opens it for this
+    namespace; a 1-token budget does not matter there (no body is read), two requests do."""
     api = client(stack, "tg-passthrough", tag)
-    # A 1-token budget would refuse any governed call; an unknown path is not metered in tokens.
     for _ in range(2):
-        with pytest.raises(openai.NotFoundError):
-            api.models.list()
+        api.with_raw_response.models.list()  # whatever the upstream answers, it got the call
     with pytest.raises(openai.RateLimitError) as refused:
         api.models.list()
     assert "two-requests" in refused.value.message
     records = mock_records(stack, tag)
     assert [r["path"] for r in records] == ["/v1/models", "/v1/models"]
     assert all(r["credentials"] == {"authorization": [f"Bearer {stack.mock_key}"]} for r in records)
+
+
+def test_a_route_no_policy_opens_is_refused_before_the_upstream(
+    stack: LocalStack, tag: str
+) -> None:
+    api = client(stack, "tg-e2e", tag)  # its namespace has no Route for /v1/models
+    with pytest.raises(openai.NotFoundError) as refused:
+        api.models.list()
+    assert refused.value.code == "unknown_url"
+    assert "is not opened for namespace" in refused.value.message
+    with pytest.raises(openai.NotFoundError):
+        api.files.list()  # the shared account's objects: closed by default
+    assert mock_records(stack, tag) == []

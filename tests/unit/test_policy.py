@@ -144,6 +144,16 @@ INVALID_CASES = [
         "metadata.name",
         "ApiKey team-a/billing-svc is already defined",
     ),
+    Case("route-path-dot-segment.yaml", 1, "spec.path", "must be a normalised absolute path"),
+    Case("route-path-query.yaml", 1, "spec.path", "no query"),
+    Case("route-path-escaped.yaml", 1, "spec.path", "'%'"),
+    Case("route-path-wildcard-inside.yaml", 1, "spec.path", "a prefix such as /v1/files/*"),
+    Case("route-provider-unknown.yaml", 1, "spec.provider", "must be one of openai, anthropic"),
+    Case("route-method-lower-case.yaml", 1, "spec.methods[0]", "must be one of GET, HEAD"),
+    Case("route-methods-empty.yaml", 1, "spec.methods", "at least one method"),
+    Case("route-token-limit.yaml", 1, "spec.limits[0]", "only requests and concurrent"),
+    Case("route-namespaced-opens-others.yaml", 1, "spec.namespaces", "that namespace only"),
+    Case("route-duplicate-name.yaml", 2, "metadata.name", "Route (cluster-wide)/models is already"),
 ]
 
 
@@ -272,6 +282,7 @@ def test_load_valid_directory() -> None:
         "apikey-uppercase.yaml",
         "defaults.yaml",
         "policy.json",
+        "routes.yaml",
         "team-a.yaml",
         "usd.yaml",
     )
@@ -280,6 +291,12 @@ def test_load_valid_directory() -> None:
     assert snap.policies["team-e"].source == "policy.json"
     assert snap.keys_by_sha256[SHA_B].namespace == "team-b"
     assert snap.loaded_at == 1234.5
+    models, files = snap.routes
+    assert (models.namespace, models.namespaces, models.allows("team-z")) == (None, ("*",), True)
+    assert (files.methods, files.namespaces, files.allows("team-b")) == (
+        ("GET", "DELETE"), ("team-a",), False
+    )  # fmt: skip
+    assert files.matches_path("/v1/files/f-1") and not files.matches_path("/v1/files")
     assert len(snap.version) == 16
     int(snap.version, 16)
 
