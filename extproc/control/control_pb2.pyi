@@ -86,7 +86,7 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPolicyResponse(_message.Message):
-    __slots__ = ("version", "loaded_at", "sources", "namespaces", "keys", "last_reload_error", "last_reload_at")
+    __slots__ = ("version", "loaded_at", "sources", "namespaces", "keys", "last_reload_error", "last_reload_at", "routes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class GetPolicyResponse(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_RELOAD_AT_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     version: str
     loaded_at: float
     sources: _containers.RepeatedScalarFieldContainer[str]
@@ -101,7 +102,26 @@ class GetPolicyResponse(_message.Message):
     keys: int
     last_reload_error: str
     last_reload_at: float
-    def __init__(self, version: _Optional[str] = ..., loaded_at: _Optional[float] = ..., sources: _Optional[_Iterable[str]] = ..., namespaces: _Optional[_Iterable[str]] = ..., keys: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[float] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[OpenRoute]
+    def __init__(self, version: _Optional[str] = ..., loaded_at: _Optional[float] = ..., sources: _Optional[_Iterable[str]] = ..., namespaces: _Optional[_Iterable[str]] = ..., keys: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[float] = ..., routes: _Optional[_Iterable[_Union[OpenRoute, _Mapping]]] = ...) -> None: ...
+
+class OpenRoute(_message.Message):
+    __slots__ = ("name", "namespace", "methods", "path", "provider", "namespaces", "limits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    path: str
+    provider: str
+    namespaces: _containers.RepeatedScalarFieldContainer[str]
+    limits: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., provider: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., limits: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ValidatePolicyRequest(_message.Message):
     __slots__ = ("file", "content")

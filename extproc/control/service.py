@@ -148,6 +148,18 @@ class ControlService(pb_grpc.ControlServicer):
             keys=len(snapshot.keys_by_sha256),
             last_reload_error=error,
             last_reload_at=at,
+            routes=[
+                pb.OpenRoute(
+                    name=r.name,
+                    namespace=r.namespace or "",
+                    methods=r.methods,
+                    path=r.path,
+                    provider=r.provider,
+                    namespaces=r.namespaces,
+                    limits=[limit.name for limit in r.limits],
+                )
+                for r in snapshot.routes
+            ],
         )
 
     async def ValidatePolicy(

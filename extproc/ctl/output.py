@@ -171,9 +171,22 @@ def policy_text(response: pb.GetPolicyResponse) -> str:
         ("keys", str(response.keys)),
         ("last reload", iso_utc(response.last_reload_at)),
         ("last reload error", response.last_reload_error or "none"),
+        ("routes opened", str(len(response.routes)) if response.routes else "none (default deny)"),
     ]
     width = max(len(name) for name, _ in fields) + 1
-    return "".join(f"{(name + ':').ljust(width)}  {value}\n" for name, value in fields)
+    lines = [f"{(name + ':').ljust(width)}  {value}\n" for name, value in fields]
+    lines.extend(f"  {_route_line(route)}\n" for route in response.routes)
+    return "".join(lines)
+
+
+def _route_line(route: pb.OpenRoute) -> str:
+    """`GET /v1/models -> openai for * (models, cluster-wide)`: what is open, to whom."""
+    where = f"namespace {route.namespace}" if route.namespace else "cluster-wide"
+    limits = f"; limits {', '.join(route.limits)}" if route.limits else ""
+    return (
+        f"{','.join(route.methods)} {route.path} -> {route.provider} for "
+        f"{', '.join(route.namespaces)} ({route.name}, {where}{limits})"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,7 +219,14 @@ def test_policy_show_matches_get_policy(stack: LocalStack, tg: Any) -> None:
 
     table = tg("policy", "show")
     assert table.code == 0
-    fields = dict(line.split(":  ", 1) for line in table.out.splitlines())
+    lines = table.out.splitlines()
+    fields = dict(line.split(":  ", 1) for line in lines if not line.startswith("  "))
+    assert fields["routes opened"].strip() == "1"
+    assert "  GET /v1/models -> openai for passthrough (models, namespace passthrough)" in lines
+    assert data["routes"] == [
+        {"name": "models", "namespace": "passthrough", "methods": ["GET"], "path": "/v1/models",
+         "provider": "openai", "namespaces": ["passthrough"], "limits": []}
+    ]  # fmt: skip
     assert fields["version"].strip() == direct.version
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["loaded at"].strip())
     assert fields["sources"].strip() == "keys.yaml, policies.yaml"
@@ -234,7 +241,7 @@ def test_policy_validate_locally_and_remotely(tmp_path: Path, tg: Any) -> None:
     local = tg("policy", "validate", str(good))
     remote = tg("policy", "validate", "--remote", str(good))
     assert local.code == remote.code == 0
-    assert local.out == remote.out == f"ok       {good} (10 documents)\n"
+    assert local.out == remote.out == f"ok       {good} (11 documents)\n"
 
     local_bad = tg("policy", "validate", "-o", "json", str(good), str(bad))
     remote_bad = tg("policy", "validate", "--remote", "-o", "json", str(good), str(bad))

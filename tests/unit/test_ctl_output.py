@@ -114,6 +114,7 @@ def test_empty_message_json_has_every_field() -> None:
         "keys": 0,
         "last_reload_error": "",
         "last_reload_at": 0,
+        "routes": [],
     }
 
 
@@ -147,6 +148,18 @@ def test_policy_text() -> None:
     assert "keys:               3\n" in text
     assert "last reload error:  b.yaml (document 2): spec: bad\n" in text
     assert "last reload error:  none" in out.policy_text(pb.GetPolicyResponse())
+    assert "routes opened:      none (default deny)\n" in text
+
+
+def test_policy_text_lists_the_routes_default_deny_lets_through() -> None:
+    route = pb.OpenRoute(
+        name="files", namespace="team-a", methods=["GET", "DELETE"], path="/v1/files/*",
+        provider="openai", namespaces=["team-a"], limits=["files-rpm"],
+    )  # fmt: skip
+    text = out.policy_text(pb.GetPolicyResponse(routes=[route]))
+    assert "routes opened:      1\n" in text
+    line = "GET,DELETE /v1/files/* -> openai for team-a (files, namespace team-a; limits files-rpm)"
+    assert f"  {line}\n" in text
 
 
 def test_override_and_reset_text() -> None:
