@@ -1,10 +1,11 @@
 """Render Envoy bootstraps from the templates in `envoy/`. Pure: text in, text out.
 
-Local replies that Envoy itself generates (a body over the buffer limit, the sidecar
-unreachable, the provider unreachable) are rewritten into the provider's error format —
-OpenAI's, or Anthropic's under `/v1/messages` — so SDKs raise typed errors. Replies the
-sidecar makes are marked with dynamic metadata (`tokengate.reply = sidecar`) and left alone:
-they are already in the right format.
+Every local reply that Envoy itself generates (a body over the buffer limit, the sidecar or
+the provider unreachable, a malformed request or path, headers too large, and any other 4xx
+or 5xx through a catch-all) is rewritten into the provider's error format — OpenAI's, or
+Anthropic's under `/v1/messages` — so SDKs raise typed errors. Replies the sidecar makes are
+marked with dynamic metadata (`tokengate.reply = sidecar`) and left alone: they are already
+in the right format.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from extproc.gate.identity import JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY, JWT_S
 
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
 REPLY_METADATA_NAMESPACE = "tokengate"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 ANTHROPIC_PATH_PREFIX = "/v1/messages"
 
 _NOT_OURS = {
@@ -42,10 +44,15 @@ _ANTHROPIC_PATH = {
         "header": {"name": ":path", "string_match": {"prefix": ANTHROPIC_PATH_PREFIX}}
     }
 }
+_NO_PATH = {
+    "header_filter": {"header": {"name": ":path", "present_match": True, "invert_match": True}}
+}
 
 # (status, extra filter, OpenAI type, OpenAI code, Anthropic type, message) for replies
-# Envoy makes on its own.
-_ENVOY_REPLIES: tuple[tuple[int, dict[str, Any] | None, str, str, str, str], ...] = (
+# Envoy makes on its own; a status range is a catch-all, listed after the exact statuses
+# (the first mapper that matches wins). `%RESPONSE_CODE_DETAILS%` is Envoy's reason, such as
+# `path_normalization_failed` or `http1.codec_error`; json_format escapes whatever it holds.
+_ENVOY_REPLIES: tuple[tuple[int | range, dict[str, Any] | None, str, str, str, str], ...] = (
     (413, None, "invalid_request_error", "request_too_large", "request_too_large",
      "Request body exceeds the gateway's size limit."),
     (503, {"response_flag_filter": {"flags": ["UH", "UF", "UO", "URX", "NC", "UC"]}},
@@ -59,47 +66,66 @@ _ENVOY_REPLIES: tuple[tuple[int, dict[str, Any] | None, str, str, str, str], ...
     (503, None, "api_error", "gateway_unavailable", "overloaded_error",
      "The tokengate policy sidecar is unavailable; the request was not forwarded "
      "(the gateway fails closed)."),
+    (400, None, "invalid_request_error", "invalid_request", "invalid_request_error",
+     "The gateway refused a malformed request (%RESPONSE_CODE_DETAILS%)."),
+    (431, None, "invalid_request_error", "request_too_large", "request_too_large",
+     "Request headers exceed the gateway's size limit."),
+    (range(400, 500), None, "invalid_request_error", "gateway_refused", "invalid_request_error",
+     "The gateway refused the request (HTTP %RESPONSE_CODE%, %RESPONSE_CODE_DETAILS%)."),
+    (range(500, 600), None, "api_error", "gateway_error", "api_error",
+     "The gateway could not complete the request (HTTP %RESPONSE_CODE%, "
+     "%RESPONSE_CODE_DETAILS%)."),
 )  # fmt: skip
 
 
-def _openai_body(error_type: str, code: str, message: str) -> str:
-    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    return json.dumps(body)
+def _openai_body(error_type: str, code: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
-def _anthropic_body(error_type: str, message: str) -> str:
-    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+def _anthropic_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
 
 
-def _mapper(filters: list[dict[str, Any]], body: str) -> dict[str, Any]:
+def _mapper(filters: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
     return {
         "filter": {"and_filter": {"filters": filters}},
-        "body_format_override": {
-            "text_format_source": {"inline_string": body},
-            "content_type": "application/json",
-        },
+        "body_format_override": {"json_format": body, "content_type": "application/json"},
     }
+
+
+def _both_body(an_type: str, code: str, message: str) -> dict[str, Any]:
+    """Anthropic's format plus the fields OpenAI's requires (`code`, `param`): for a request
+    Envoy could not parse far enough to know its path, which SDK is calling is unknown."""
+    body = _anthropic_body(an_type, message)
+    body["error"] |= {"code": code, "param": None}
+    return body
 
 
 def local_reply_mappers() -> list[dict[str, Any]]:
-    """Anthropic-path mappers first: the first mapper whose filter matches wins."""
-    anthropic, openai = [], []
+    """Anthropic-path mappers first, then those for no path at all (an HTTP/1 codec error
+    comes before Envoy has the request's headers; measured: `:path` is absent), then OpenAI:
+    the first mapper whose filter matches wins."""
+    anthropic, unknown, openai = [], [], []
     for status, extra, oa_type, oa_code, an_type, message in _ENVOY_REPLIES:
-        filters: list[dict[str, Any]] = [{"status_code_filter": _status_is(status)}, _NOT_OURS]
+        filters: list[dict[str, Any]] = [*_status_is(status), _NOT_OURS]
         if extra is not None:
             filters.append(extra)
         anthropic.append(_mapper([*filters, _ANTHROPIC_PATH], _anthropic_body(an_type, message)))
+        unknown.append(_mapper([*filters, _NO_PATH], _both_body(an_type, oa_code, message)))
         openai.append(_mapper(filters, _openai_body(oa_type, oa_code, message)))
-    return anthropic + openai
+    return anthropic + unknown + openai
 
 
-def _status_is(status: int) -> dict[str, Any]:
-    return {
-        "comparison": {
-            "op": "EQ",
-            "value": {"default_value": status, "runtime_key": f"tokengate.status_{status}"},
-        }
-    }
+def _status_is(status: int | range) -> list[dict[str, Any]]:
+    if isinstance(status, int):
+        return [_status_compare("EQ", status)]
+    return [_status_compare("GE", status.start), _status_compare("LE", status.stop - 1)]
+
+
+def _status_compare(op: str, status: int) -> dict[str, Any]:
+    key = f"tokengate.status_{status}" if op == "EQ" else f"tokengate.status_{op.lower()}_{status}"
+    value = {"default_value": status, "runtime_key": key}
+    return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,7 +298,7 @@ def _make_listener_exclusive(config: dict[str, Any]) -> None:
 def _add_jwt_authn(config: dict[str, Any], tokens: ServiceAccountTokens) -> None:
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
-    ext_proc = filters[0]["typed_config"]
+    (ext_proc,) = [f["typed_config"] for f in filters if f["name"] == EXT_PROC_FILTER]
     ext_proc["metadata_options"]["forwarding_namespaces"] = {"untyped": [JWT_METADATA_NAMESPACE]}
     filters.insert(0, jwt_authn_filter(tokens))
 
@@ -287,7 +313,10 @@ def _add_tls(config: dict[str, Any], upstream_of: Callable[[str], Upstream | Non
                 "sni": upstream.host,
                 "common_tls_context": {
                     "validation_context": {
-                        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+                        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+                        # The CA chain alone accepts any publicly trusted certificate: the
+                        # certificate must also name the host we meant to reach.
+                        "match_typed_subject_alt_names": [_subject_alt_name(upstream)],
                     }
                 },
             }
@@ -297,6 +326,15 @@ def _add_tls(config: dict[str, Any], upstream_of: Callable[[str], Upstream | Non
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": context,
             }
+
+
+def _subject_alt_name(upstream: Upstream) -> dict[str, Any]:
+    """The SAN the provider's certificate must carry. Envoy compares an IP SAN in its
+    canonical text form (RFC 5952 for IPv6), so an address is written that way."""
+    if upstream.is_address:
+        address = str(ipaddress.ip_address(upstream.host))
+        return {"san_type": "IP_ADDRESS", "matcher": {"exact": address}}
+    return {"san_type": "DNS", "matcher": {"exact": upstream.host}}
 
 
 CHART_MAPPERS = ENVOY_DIR.parent / "helm" / "tokengate" / "files" / "local-reply-mappers.json"

@@ -113,7 +113,9 @@ def test_bench_configs_are_valid_envoy_and_differ_only_by_governance(tmp_path: P
     governed = json.loads(configs.governed(upstream_port=8000, ext_proc_port=9000))
     manager = bare["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     assert [f["name"] for f in manager["typed_config"]["http_filters"]] == [
-        "envoy.filters.http.router"
+        "envoy.filters.http.header_mutation",  # the boundary filters stay: only ext_proc goes
+        "envoy.filters.http.compressor",
+        "envoy.filters.http.router",
     ]
     assert {c["name"] for c in governed["static_resources"]["clusters"]} - {
         c["name"] for c in bare["static_resources"]["clusters"]

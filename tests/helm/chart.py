@@ -70,6 +70,17 @@ MODES: dict[str, dict[str, Any]] = {
         "providers": {"openai": {"host": "10.0.0.7", "port": 8080, "tls": False}},
         "envoy": {"listenPort": 8000, "probePort": 8001, "adminPort": 8002},
     },
+    "tls-by-address": {
+        "providers": {
+            "openai": {"host": "fd00::7", "port": 8443, "tls": True},
+            "anthropic": {"host": "10.0.0.8", "port": 8443, "tls": True},
+        },
+        "serviceAccountTokens": {
+            "enabled": True,
+            "issuer": "https://issuer.test",
+            "jwks": {"remoteUri": "https://[fd00::9]:8443/keys"},
+        },
+    },
 }
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -98,6 +99,20 @@ _PAIRS: dict[str, tuple[LocalEnvoy, dict[str, Any]]] = {
             },
         },
     ),
+    "tls-by-address": (
+        LocalEnvoy(
+            listen_port=10000,
+            admin_port=9901,
+            openai=Upstream.from_url("https://[fd00::7]:8443", what="openai"),
+            anthropic=Upstream.from_url("https://10.0.0.8:8443", what="anthropic"),
+        ),
+        {
+            "providers": {
+                "openai": {"host": "fd00::7", "port": 8443, "tls": True},
+                "anthropic": {"host": "10.0.0.8", "port": 8443, "tls": True},
+            }
+        },
+    ),
 }
 
 
@@ -123,3 +138,48 @@ def test_the_agreement_check_notices_a_difference() -> None:
     local, values = _PAIRS["providers-over-tls"]
     changed = merged({"envoy": {"retries": {"numRetries": 3}}}, values)
     assert _chart_only(envoy_bootstrap(changed)) != _chart_only(json.loads(render_local(local)))
+
+
+def _clusters(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in envoy_bootstrap(values)["static_resources"]["clusters"]}
+
+
+def _tls(cluster: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+    context = cluster["transport_socket"]["typed_config"]
+    validation = context["common_tls_context"]["validation_context"]
+    assert validation["trusted_ca"] == {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+    return context.get("sni"), validation["match_typed_subject_alt_names"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "cluster", "discovery", "sni", "san"),
+    [
+        ("defaults", "openai", "LOGICAL_DNS", "api.openai.com", ("DNS", "api.openai.com")),
+        ("defaults", "anthropic", "LOGICAL_DNS", "api.anthropic.com",
+         ("DNS", "api.anthropic.com")),
+        ("tls-by-address", "openai", "STATIC", None, ("IP_ADDRESS", "fd00::7")),
+        ("tls-by-address", "anthropic", "STATIC", None, ("IP_ADDRESS", "10.0.0.8")),
+        ("tls-by-address", "jwks", "STATIC", None, ("IP_ADDRESS", "fd00::9")),
+        ("service-accounts-remote", "jwks", "LOGICAL_DNS", "oidc.eks.eu-west-1.amazonaws.com",
+         ("DNS", "oidc.eks.eu-west-1.amazonaws.com")),
+    ],
+)  # fmt: skip
+def test_upstream_tls_checks_the_host_name_and_addresses_get_no_sni(
+    mode: str, cluster: str, discovery: str, sni: str | None, san: tuple[str, str]
+) -> None:
+    """An IPv6 address is an address, not a DNS name (RFC 6066: SNI names hosts only)."""
+    found = _clusters(MODES[mode])[cluster]
+    assert found["type"] == discovery
+    assert _tls(found) == (sni, [{"san_type": san[0], "matcher": {"exact": san[1]}}])
+
+
+def test_the_jwks_cluster_reaches_the_port_of_its_uri() -> None:
+    (endpoint,) = _clusters(MODES["tls-by-address"])["jwks"]["load_assignment"]["endpoints"]
+    address = endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "fd00::9", "port_value": 8443}
+
+
+@pytest.mark.parametrize("host", ["[fd00::7]", "https://api.openai.com", "a host", "-x"])
+def test_the_schema_refuses_a_provider_host_that_is_not_a_name_or_an_address(host: str) -> None:
+    with pytest.raises(helm_python.HelmError, match="providers/openai/host"):
+        envoy_bootstrap({"providers": {"openai": {"host": host}}})

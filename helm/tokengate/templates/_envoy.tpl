@@ -1,6 +1,6 @@
 {{/*
 The Envoy bootstrap. It mirrors envoy/local.yaml as rendered by extproc/kube/envoy_config.py;
-tests/helm/test_envoy_consistency.py renders both with the same settings and fails on any
+tests/helm/test_chart_envoy.py renders both with the same settings and fails on any
 difference in the llm listener or the clusters. The local-reply mappers are generated from
 Python into files/local-reply-mappers.json (`make chart-files`; a test fails while stale).
 */}}
@@ -27,13 +27,25 @@ static_resources:
           codec_type: AUTO
           stream_idle_timeout: {{ $v.envoy.streamIdleTimeout }}
           request_timeout: 0s
+          # One canonical path before the sidecar matches it exactly (see envoy/local.yaml):
+          # dot segments resolved, `//` merged, %2F and %5C refused.
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: REJECT_REQUEST
+          common_http_protocol_options:
+            # `x_api_key` reads as `x-api-key` to some servers: dropped before any filter.
+            headers_with_underscores_action: DROP_HEADER
+          http_protocol_options:
+            # Keeps an HTTP/1 connection open after a 400 reply (Envoy closes it otherwise).
+            override_stream_error_on_invalid_http_message: true
           access_log:
           - name: envoy.access_loggers.stderr
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
+              # No query string (a key sent as `?key=` is never logged), no header.
               log_format:
                 text_format_source:
-                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% up=%UPSTREAM_CLUSTER% %DURATION%ms\n"
+                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %PATH(NQ)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% up=%UPSTREAM_CLUSTER% %DURATION%ms\n"
           local_reply_config:
             mappers: {{ .Files.Get "files/local-reply-mappers.json" | trim }}
           route_config:
@@ -43,7 +55,11 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {prefix: "/"}
-                request_headers_to_remove: [x-tokengate-upstream]
+                request_headers_to_remove: [x-tokengate-upstream, trailer]
+                # Every answer readable by the sidecar; set by the router, after every filter.
+                request_headers_to_add:
+                - header: {key: accept-encoding, value: identity}
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD
                 route:
                   # Set by the sidecar on every request it lets through.
                   cluster_header: x-tokengate-upstream
@@ -87,6 +103,26 @@ static_resources:
                   headers: [{name: x-api-key, string_match: {safe_regex: {regex: '^eyJ[^.]*\.[^.]+\.[^.]*$'}}}]
                 requires: {provider_name: kubernetes}
           {{- end }}
+          # Request trailers can carry credentials and the sidecar never sees them: all dropped.
+          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_trailers_mutations:
+                - remove_on_match: {key_matcher: {safe_regex: {regex: ".*"}}}
+          # Before ext_proc, so after it for responses: the sidecar reads the plain answer,
+          # then JSON is gzipped for clients that asked (SSE is not: see envoy/local.yaml).
+          - name: envoy.filters.http.compressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              response_direction_config:
+                common_config:
+                  content_type_matcher: [{prefix: application/json}]
+                remove_accept_encoding_header: true
+              compressor_library:
+                name: gzip
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
           - name: envoy.filters.http.ext_proc
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
@@ -179,10 +215,11 @@ static_resources:
               socket_address: {address: 127.0.0.1, port_value: {{ $v.envoy.adminPort }}}
   {{- if and $sa.enabled (not $sa.jwks.inline) }}
   {{- $u := urlParse $sa.jwks.remoteUri }}
-  {{- $host := regexReplaceAll ":[0-9]+$" $u.host "" }}
-  {{- $port := ternary (regexFind "[0-9]+$" $u.host) (ternary "443" "80" (eq $u.scheme "https")) (contains ":" $u.host) }}
+  {{- $host := regexReplaceAll ":[0-9]+$" $u.host "" | trimPrefix "[" | trimSuffix "]" }}
+  {{- $port := ternary (regexFind "[0-9]+$" $u.host) (ternary "443" "80" (eq $u.scheme "https")) (regexMatch ":[0-9]+$" $u.host) }}
+  {{- $ip := include "tokengate.isAddress" $host }}
   - name: jwks
-    type: LOGICAL_DNS
+    type: {{ if $ip }}STATIC{{ else }}LOGICAL_DNS{{ end }}
     connect_timeout: 5s
     dns_lookup_family: V4_PREFERRED
     load_assignment:
@@ -191,16 +228,10 @@ static_resources:
       - lb_endpoints:
         - endpoint:
             address:
-              socket_address: {address: {{ $host }}, port_value: {{ $port }}}
+              socket_address: {address: {{ $host | quote }}, port_value: {{ $port }}}
     {{- if eq $u.scheme "https" }}
     transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: {{ $host }}
-        common_tls_context:
-          validation_context:
-            trusted_ca: {filename: /etc/ssl/certs/ca-certificates.crt}
+      {{- include "tokengate.upstreamTls" $host | nindent 6 }}
     {{- end }}
   {{- end }}
 {{- end -}}

@@ -33,8 +33,9 @@ app.kubernetes.io/part-of: tokengate
 {{/* The Envoy cluster for a provider: the real one over TLS, or any host you point it at. */}}
 {{- define "tokengate.providerCluster" -}}
 {{- $p := index .root.Values.providers .name }}
+{{- $ip := include "tokengate.isAddress" $p.host }}
 - name: {{ .name }}
-  type: {{ if regexMatch "^[0-9.]+$" $p.host }}STATIC{{ else }}LOGICAL_DNS{{ end }}
+  type: {{ if $ip }}STATIC{{ else }}LOGICAL_DNS{{ end }}
   connect_timeout: 5s
   dns_lookup_family: V4_PREFERRED
   load_assignment:
@@ -43,17 +44,36 @@ app.kubernetes.io/part-of: tokengate
     - lb_endpoints:
       - endpoint:
           address:
-            socket_address: {address: {{ $p.host }}, port_value: {{ $p.port }}}
+            socket_address: {address: {{ $p.host | quote }}, port_value: {{ $p.port }}}
   {{- if $p.tls }}
   transport_socket:
-    name: envoy.transport_sockets.tls
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-      sni: {{ $p.host }}
-      common_tls_context:
-        validation_context:
-          trusted_ca: {filename: /etc/ssl/certs/ca-certificates.crt}
+    {{- include "tokengate.upstreamTls" $p.host | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/* "true" for an IP literal (v4, or v6: a DNS name never holds a colon), else empty. As
+extproc/kube/envoy_config.py Upstream.is_address: such a host gets a STATIC cluster, no SNI
+(RFC 6066 names hosts only) and an IP_ADDRESS SAN. */}}
+{{- define "tokengate.isAddress" -}}
+{{- if or (regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" .) (contains ":" .) }}true{{ end -}}
+{{- end -}}
+
+{{/* TLS toward an upstream host: the CA chain and the host name both checked (the chain
+alone accepts any publicly trusted certificate). */}}
+{{- define "tokengate.upstreamTls" -}}
+{{- $ip := include "tokengate.isAddress" . -}}
+name: envoy.transport_sockets.tls
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+  {{- if not $ip }}
+  sni: {{ . | quote }}
+  {{- end }}
+  common_tls_context:
+    validation_context:
+      trusted_ca: {filename: /etc/ssl/certs/ca-certificates.crt}
+      match_typed_subject_alt_names:
+      - san_type: {{ if $ip }}IP_ADDRESS{{ else }}DNS{{ end }}
+        matcher: {exact: {{ . | quote }}}
 {{- end -}}
 
 {{/* The policy-sync ServiceAccount token is only needed by that container. */}}
