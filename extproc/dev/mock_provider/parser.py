@@ -35,7 +35,11 @@ class HttpError(Exception):
 
 @dataclass(slots=True)
 class Request:
-    """One complete request. Header names are lower-cased; repeated headers are all kept."""
+    """One complete request. Header names are lower-cased; repeated headers are all kept.
+
+    `target` is the request-target exactly as sent (path and query, `?` included), and
+    `trailers` the fields after a chunked body: what reached the upstream, for the recorder.
+    """
 
     method: str
     path: str
@@ -44,11 +48,15 @@ class Request:
     headers: list[tuple[str, str]]
     body: bytes = b""
     keep_alive: bool = True
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    target: str = ""
     _first: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for name, value in self.headers:
             self._first.setdefault(name, value)
+        if not self.target:
+            self.target = f"{self.path}?{self.query}" if self.query else self.path
 
     def header(self, name: str) -> str | None:
         """First value of header `name` (lower-case)."""
@@ -76,6 +84,7 @@ class RequestParser:
         self._body = bytearray()
         self._need = 0
         self._trailer_bytes = 0
+        self._trailers: list[tuple[str, str]] = []
         self.ready: deque[Request] = deque()
         self.error: HttpError | None = None
         self.failed_path: str | None = None
@@ -168,6 +177,7 @@ class RequestParser:
         if self._need == 0:
             self._state = _TRAILERS
             self._trailer_bytes = 0
+            self._trailers = []
         elif len(self._body) + self._need > self._max_body:
             raise HttpError(413, "request body too large")
         else:
@@ -203,11 +213,16 @@ class RequestParser:
         self._trailer_bytes += end + 2
         if self._trailer_bytes > self._max_head:
             raise HttpError(431, "trailer section too large")
+        line = bytes(self._buf[:end])
         del self._buf[: end + 2]
-        if end == 0:  # trailers are read and dropped: the mock has no use for them
-            body = bytes(self._body)
-            self._body.clear()
-            self._finish(body)
+        if end:  # kept for the recorder: a credential must not ride in a trailer either
+            self._trailers.append(_parse_field(line))
+            return True
+        assert self._head is not None
+        self._head.trailers = self._trailers
+        body = bytes(self._body)
+        self._body.clear()
+        self._finish(body)
         return True
 
     def _finish(self, body: bytes) -> None:
@@ -235,7 +250,9 @@ def _parse_head_block(head: bytes) -> Request:
     path, _, query = target.partition("?")
     headers = [_parse_field(line) for line in lines[1:]]
     method = parts[0].decode("ascii")
-    request = Request(method=method, path=path, query=query, version=version, headers=headers)
+    request = Request(
+        method=method, path=path, query=query, version=version, headers=headers, target=target
+    )
     request.keep_alive = _keep_alive(request)
     return request
 

@@ -4,6 +4,10 @@ Everything here is synchronous and returns a finished `Reply` for ordinary reque
 HTTP layer can answer from `data_received` without a task. Bodies above `OFFLOAD_BYTES` are
 parsed, hashed and token-counted on a worker thread instead, so one huge prompt does not
 stall every other connection on the loop.
+
+Every request outside `/_mock/` is recorded, whatever its path or method (a test asks the
+recorder whether a refused request reached the upstream); generation routes are in
+`openai`/`anthropic`, the others (models, files, token counting) in `objects`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
+from extproc.dev.mock_provider import objects
 from extproc.dev.mock_provider.anthropic import AnthropicDialect
 from extproc.dev.mock_provider.common import (
     ApiError,
@@ -25,10 +30,11 @@ from extproc.dev.mock_provider.common import (
     dumps,
     random_id,
 )
+from extproc.dev.mock_provider.encoding import coding_for, encode
 from extproc.dev.mock_provider.http import Deferred, Reply
 from extproc.dev.mock_provider.openai import OpenAIDialect
 from extproc.dev.mock_provider.parser import HttpError, Request
-from extproc.dev.mock_provider.recorder import CREDENTIAL_HEADERS, Recorder, Stats
+from extproc.dev.mock_provider.recorder import Recorder, Stats, is_credential_header
 from extproc.dev.mock_provider.script import DEFAULT, Script, script_from
 from extproc.dev.mock_provider.text import answer_words, plan_length, seed_for
 from extproc.providers.tokens import count, encoding_name_for
@@ -37,7 +43,9 @@ OFFLOAD_BYTES = 64 * 1024
 SSE = "text/event-stream; charset=utf-8"
 
 _OPENAI = OpenAIDialect()
-_DIALECTS: dict[str, Dialect] = {d.path: d for d in (_OPENAI, AnthropicDialect())}
+_ANTHROPIC = AnthropicDialect()
+_DIALECTS: dict[str, Dialect] = {d.path: d for d in (_OPENAI, _ANTHROPIC)}
+_BY_PROVIDER: dict[str, Dialect] = {"openai": _OPENAI, "anthropic": _ANTHROPIC}
 _BAD_JSON = object()
 
 
@@ -54,12 +62,10 @@ class Router:
             return self._control(request)
         self._stats.requests += 1
         dialect = _DIALECTS.get(request.path)
-        if dialect is None:
-            self._recorder.record(request, None)  # pass-through traffic is recorded too
-            error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
-            return _error(_OPENAI, error, DEFAULT)
-        if request.method != "POST":
-            return _error(dialect, ApiError(405, f"{request.method} is not allowed"), DEFAULT)
+        if dialect is None or request.method != "POST":
+            payload = _load_json(request.body) if request.body else None
+            self._recorder.record(request, payload)
+            return self._other(request, payload)
         if len(request.body) > OFFLOAD_BYTES:
             return partial(self._offloaded, dialect, request)
         payload = _load_json(request.body)
@@ -80,22 +86,55 @@ class Router:
         script = DEFAULT
         try:
             script = script_from(request)
-            self._authorize(dialect, request)
-            if script.status is not None:
-                raise ApiError(script.status, f"mock error {script.status} (x-mock-status)")
+            self._admit(dialect, request, script)
             if payload is _BAD_JSON:
                 raise ApiError(400, "We could not parse the JSON body of your request.")
             parsed = dialect.parse(payload)
         except ApiError as exc:
-            return _error(dialect, exc, script)
-        return _answer(dialect, _complete(dialect, request, parsed, script), parsed, script)
+            return _encoded(_error(dialect, exc, script), script, request)
+        reply = _answer(dialect, _complete(dialect, request, parsed, script), parsed, script)
+        return _encoded(reply, script, request)
+
+    def _other(self, request: Request, payload: object) -> Reply:
+        """Models, files, token counting (`objects`); else the provider's 404 or 405."""
+        generation = _DIALECTS.get(request.path)
+        if generation is not None:
+            error = ApiError(405, f"{request.method} is not allowed")
+            return _error(generation, error, DEFAULT)
+        found = objects.find(request.path)
+        if found is None:
+            dialect = _BY_PROVIDER[objects.provider_of_unknown(request.path)]
+            error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
+            return _error(dialect, error, DEFAULT)
+        endpoint, item = found
+        dialect = _BY_PROVIDER[endpoint.provider_for(request)]
+        script = DEFAULT
+        try:
+            answer = endpoint.answers.get(request.method)
+            if answer is None:
+                raise ApiError(405, f"{request.method} is not allowed")
+            script = script_from(request)
+            self._admit(dialect, request, script)
+            if payload is _BAD_JSON:
+                raise ApiError(400, "We could not parse the JSON body of your request.")
+            body = dumps(answer(request, item, payload)).encode()
+        except ApiError as exc:
+            return _encoded(_error(dialect, exc, script), script, request)
+        reply = Reply(200, body=body, headers=_request_id(dialect), delay=script.delay)
+        return _encoded(reply, script, request)
+
+    def _admit(self, dialect: Dialect, request: Request, script: Script) -> None:
+        """Raise unless the key passed and no error status was scripted."""
+        self._authorize(dialect, request)
+        if script.status is not None:
+            raise ApiError(script.status, f"mock error {script.status} (x-mock-status)")
 
     def _authorize(self, dialect: Dialect, request: Request) -> None:
         """With `require_key`: exactly one credential header, the dialect's, with the key."""
         key = self._require_key
         if key is None:
             return
-        found = [(name, value) for name, value in request.headers if name in CREDENTIAL_HEADERS]
+        found = [(name, value) for name, value in request.headers if is_credential_header(name)]
         if len(found) == 1 and found[0][0] == dialect.key_header:
             value, prefix = found[0][1], dialect.key_prefix
             scheme_ok = value[: len(prefix)].lower() == prefix.lower()
@@ -110,9 +149,12 @@ class Router:
             return Reply(200, body=b'{"status":"ok"}')
         if request.path == "/_mock/stats":
             return Reply(200, body=dumps(self._stats.as_dict()).encode())
+        tags = parse_qs(request.query).get("tag")
+        tag = tags[0] if tags else None
         if request.path == "/_mock/requests":
-            tags = parse_qs(request.query).get("tag")
-            return Reply(200, body=dumps(self._recorder.query(tags[0] if tags else None)).encode())
+            return Reply(200, body=dumps(self._recorder.query(tag)).encode())
+        if request.path == "/_mock/counts":
+            return Reply(200, body=dumps(self._recorder.counts(tag)).encode())
         return _error(_OPENAI, ApiError(404, f"no mock endpoint {request.path}"), DEFAULT)
 
 
@@ -158,6 +200,10 @@ def _answer(dialect: Dialect, c: Completion, parsed: ParsedRequest, script: Scri
 def _error(dialect: Dialect, exc: ApiError, script: Script) -> Reply:
     body = dialect.error_body(exc.status, exc.message)
     return Reply(exc.status, body=body, headers=_request_id(dialect), delay=script.delay)
+
+
+def _encoded(reply: Reply, script: Script, request: Request) -> Reply:
+    return encode(reply, coding_for(script.content_encoding, request.header("accept-encoding")))
 
 
 def _request_id(dialect: Dialect) -> tuple[tuple[str, str], ...]:

@@ -9,6 +9,9 @@ mock serves many scenarios at once (parallel tests, mixed benchmark load):
     x-mock-chunk-delay-ms: 20     wait between stream chunks
     x-mock-tokens-per-chunk: 3    tokens per streamed content delta (default 3)
     x-mock-omit-usage: 1          no usage in the answer (plain: no `usage`; stream: none ever)
+    x-mock-content-encoding: gzip compress the answer: gzip | deflate (even when the request
+                                  asked for identity), auto (as accept-encoding allows),
+                                  identity (see `encoding`)
 
 A header that is present but not a valid value is a 400, so a typo in a test fails loudly.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extproc.dev.mock_provider.common import ApiError
+from extproc.dev.mock_provider.encoding import MODES
 from extproc.dev.mock_provider.parser import Request
 
 MAX_COMPLETION_TOKENS = 1_000_000
@@ -33,6 +37,7 @@ class Script:
     chunk_delay: float = 0.0
     tokens_per_chunk: int = DEFAULT_TOKENS_PER_CHUNK
     omit_usage: bool = False
+    content_encoding: str | None = None
 
 
 DEFAULT = Script()
@@ -50,6 +55,7 @@ def script_from(request: Request) -> Script:
         chunk_delay=_ms(request, "x-mock-chunk-delay-ms"),
         tokens_per_chunk=DEFAULT_TOKENS_PER_CHUNK if per_chunk is None else per_chunk,
         omit_usage=_flag(request, "x-mock-omit-usage"),
+        content_encoding=_choice(request, "x-mock-content-encoding", MODES),
     )
 
 
@@ -77,3 +83,13 @@ def _flag(request: Request, name: str) -> bool:
     if value not in ("0", "1", "true", "false"):
         raise ApiError(400, f"{name} must be 1 or 0, got {raw!r}")
     return value in ("1", "true")
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = request.header(name)
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value not in allowed:
+        raise ApiError(400, f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return value
