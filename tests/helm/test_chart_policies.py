@@ -74,6 +74,28 @@ def test_every_shorthand_and_raw_limits_render_to_loadable_limits(tmp_path: Path
     assert policy.stream_reserve_tokens == 64
 
 
+def test_routes_from_values_load_as_cluster_wide_routes(tmp_path: Path) -> None:
+    routes = [
+        {"name": "models", "methods": ["GET"], "path": "/v1/models", "provider": "openai",
+         "limits": [{"name": "models-rpm", "requests": 60, "per": "1m"}]},
+        {"name": "team-files", "methods": ["GET", "DELETE"], "path": "/v1/files/*",
+         "provider": "openai", "namespaces": ["team-a"]},
+    ]  # fmt: skip
+    values = {"quotas": {"namespaces": {"team-a": {"concurrent": 2}}, "routes": routes}}
+    snapshot = load_directory(mounted_policies(values, tmp_path / "cm"))
+    models, files = snapshot.routes
+    assert (models.namespace, models.namespaces, models.path) == (None, ("*",), "/v1/models")
+    assert [limit.name for limit in models.limits] == ["models-rpm"]
+    assert (files.methods, files.namespaces) == (("GET", "DELETE"), ("team-a",))
+
+
+def test_a_route_value_the_schema_refuses_names_the_field() -> None:
+    route = {"name": "models", "methods": ["get"], "path": "/v1/models", "provider": "openai"}
+    with pytest.raises(helm_python.HelmError) as refused:
+        render({"quotas": {"routes": [route]}})
+    assert "at '/quotas/routes/0/methods/0'" in str(refused.value)
+
+
 def test_no_namespaces_renders_an_empty_but_loadable_policy_file(tmp_path: Path) -> None:
     assert load_directory(mounted_policies({}, tmp_path / "cm")).policies == {}
 
