@@ -58,12 +58,11 @@ async def settle_usage(
     )  # fmt: skip
 
 
-class PlainAnswer:
-    """A buffered answer: kept (up to the body limit) until its end, then settled on the
-    `usage` it carries, before the last reply goes out — a caller's next request, sent the
-    moment it has this answer, must find its concurrency slot and unused tokens given back."""
+class _Answer:
+    """What both kinds of answer start from: the admitted request, the provider schema that
+    reads it, and the decoder when the upstream compressed it anyway."""
 
-    cut: Cut | None = None  # a plain answer is never cut
+    cut: Cut | None = None  # set once a stream was cut; a plain answer is never cut
 
     def __init__(
         self,
@@ -77,7 +76,19 @@ class PlainAnswer:
         self._admission = admission
         self._provider = provider
         self._decoder = decoder
-        self._reservation: Reservation | None = admission.reservation
+        self._start()
+
+    def _start(self) -> None:
+        """What this kind of answer sets up once the upstream answered 2xx."""
+
+
+class PlainAnswer(_Answer):
+    """A buffered answer: kept (up to the body limit) until its end, then settled on the
+    `usage` it carries, before the last reply goes out — a caller's next request, sent the
+    moment it has this answer, must find its concurrency slot and unused tokens given back."""
+
+    def _start(self) -> None:
+        self._reservation: Reservation | None = self._admission.reservation
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -122,27 +133,17 @@ class PlainAnswer:
             await self._rt.store.settle(reservation, reservation.cost)
 
 
-class StreamedAnswer:
+class StreamedAnswer(_Answer):
     """An SSE answer, chunk by chunk: each chunk is parsed and counted (`AnswerStream`),
     covered by the stream's budget (`StreamBudget`) or cut with a provider-format error
     event naming the limit; the next message after a cut is answered with an immediate
     response, which makes Envoy reset both sides so the provider stops generating."""
 
-    def __init__(
-        self,
-        *,
-        runtime: Runtime,
-        admission: Admission,
-        provider: Provider,
-        decoder: Decoder | None,
-    ) -> None:
-        self._rt = runtime
-        self._admission = admission
-        self._provider = provider
-        self._decoder = decoder
+    def _start(self) -> None:
+        admission, runtime = self._admission, self._rt
         request = admission.request
         self._stream = AnswerStream(
-            provider=provider,
+            provider=self._provider,
             encoding=encoding_name_for(request.model),
             hide_usage_event=request.hide_usage_event,
             started=admission.admitted_at,
@@ -155,7 +156,6 @@ class StreamedAnswer:
             fail_mode=admission.tenant.policy.fail_mode,
             prompt_tokens=admission.prompt_tokens,
         )
-        self.cut: Cut | None = None
 
     async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         if self.cut is not None:
