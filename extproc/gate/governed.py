@@ -82,7 +82,7 @@ class GovernedProcessor(Processor):
         except ClientError as error:
             return self.refuse(error)
         self._reservation = admission.reservation
-        rewritten = admission.request.rewritten_body
+        rewritten = admission.request.body_with(None)
         if rewritten is not None:
             return replies.request_body_reply(rewritten)
         return replies.REQUEST_BODY_CONTINUE

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from extproc.errors import BadRequest, ClientError
@@ -15,25 +17,53 @@ MAX_OUTPUT_TOKENS = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    """What governance needs from a request body; the body itself is forwarded untouched."""
+    """What governance needs from a request body. The body is forwarded as the client sent
+    it unless `rewrites` or a lowered completion cap change fields of it (`body_with`)."""
 
     model: str
     stream: bool
     max_output_tokens: int | None  # None: the client did not say
     prompt_texts: tuple[str, ...]  # text to count with the model's tokenizer
-    framing_tokens: int  # per-message overhead the provider adds to the prompt
-    # The body to send upstream instead of the client's (None: forward it untouched), e.g.
-    # OpenAI streams rewritten to ask for usage.
-    rewritten_body: bytes | None = None
+    framing_tokens: int  # per-message overhead and fixed estimates (images, documents, …)
+    # Fields to set in the body before it goes upstream (e.g. OpenAI streams asked to report
+    # usage); empty: nothing to change.
+    rewrites: Mapping[str, Any] = field(default_factory=dict)
     # The client did not ask for the usage event we made the provider send: hide it.
     hide_usage_event: bool = False
+    # The body field the provider enforces as the completion cap (None: the API generates
+    # nothing, e.g. embeddings). The gateway writes it, clamped to the caller's budget.
+    cap_field: str | None = "max_tokens"
+    # Completions generated per request (`n`, `best_of`): each may reach the cap.
+    completion_multiplier: int = 1
+    # The decoded request body, for `body_with`.
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def generates(self) -> bool:
+        return self.cap_field is not None
+
+    def body_with(self, cap: int | None) -> bytes | None:
+        """The body to send instead of the client's, or None to forward it untouched: the
+        rewrites, and the completion cap when it must be written."""
+        changes = dict(self.rewrites)
+        if cap is not None and self.cap_field is not None:
+            changes[self.cap_field] = cap
+        if not changes:
+            return None
+        return json.dumps({**self.body, **changes}, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """What the provider reported. `prompt_tokens` includes cached and cache-write tokens;
+    `completion_tokens` includes hidden reasoning tokens (both providers bill them as
+    output)."""
+
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0  # Anthropic's cache creation, billed at its own rate
+    reasoning_tokens: int = 0  # of completion_tokens: generated but never shown
 
     @property
     def total(self) -> int:
@@ -59,6 +89,12 @@ class StreamReader(Protocol):
     @property
     def usage(self) -> Usage | None:
         """The provider's reported usage, once the stream has carried all of it."""
+
+    @property
+    def reported(self) -> Usage | None:
+        """What the provider reported so far, complete or not (e.g. Anthropic's input
+        tokens from `message_start`): a stream that ends early — cut, client gone, upstream
+        error — is never settled below these numbers."""
 
 
 class Provider(Protocol):

@@ -141,6 +141,11 @@ class AnthropicStreamReader:
     def usage(self) -> Usage | None:
         return _to_usage(self._counts) if self._started and self._finished else None
 
+    @property
+    def reported(self) -> Usage | None:
+        """From `message_start` on: the input (and cache) tokens, and the output so far."""
+        return _to_usage(self._counts) if self._started or self._finished else None
+
     def _merge(self, usage: object, required: str) -> bool:
         """Fold one usage object in, field by field by max: output_tokens is cumulative, and
         newer API versions repeat the input counts in message_delta."""
@@ -184,7 +189,9 @@ def _usage_counts(usage: object, *, required: tuple[str, ...]) -> list[int] | No
 def _to_usage(counts: list[int]) -> Usage:
     """Anthropic's input_tokens exclude cached tokens; our prompt tokens include them."""
     fresh, creation, read, output = counts
-    return Usage(fresh + creation + read, output, cached_prompt_tokens=read)
+    return Usage(
+        fresh + creation + read, output, cached_prompt_tokens=read, cache_write_tokens=creation
+    )
 
 
 def _error_payload(error: ClientError) -> dict[str, Any]:
@@ -228,6 +235,8 @@ def parse_messages_request(body: dict[str, Any]) -> ParsedRequest:
         max_output_tokens=max_tokens,
         prompt_texts=tuple(texts),
         framing_tokens=framing,
+        cap_field="max_tokens",
+        body=body,
     )
 
 

@@ -24,6 +24,7 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 # A flat estimate per image part (OpenAI's low-detail price); the provider's usage settles.
 TOKENS_PER_IMAGE = 85
+MAX_CHOICES = 128  # OpenAI's own bound on `n`
 
 
 class OpenAIProvider:
@@ -41,9 +42,11 @@ class OpenAIProvider:
         completion = usage.get("completion_tokens", 0)
         if not _count(prompt) or not _count(completion):
             return None  # untrustworthy usage: settle on our own estimate instead
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-        return Usage(prompt, completion, cached if _count(cached) else 0)
+        return Usage(
+            prompt, completion,
+            cached_prompt_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+            reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+        )  # fmt: skip
 
     def error_body(self, error: ClientError) -> bytes:
         payload = {
@@ -70,6 +73,11 @@ class ChatStreamReader:
     def __init__(self, *, hide_usage_event: bool) -> None:
         self._hide_usage_event = hide_usage_event
         self.usage: Usage | None = None
+
+    @property
+    def reported(self) -> Usage | None:
+        """OpenAI reports usage once, in the last chunk: nothing before it."""
+        return self.usage
 
     def read(self, event: Event) -> EventMeaning:
         if event.data == "[DONE]":
@@ -118,6 +126,24 @@ def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _detail(usage: dict[str, Any], group: str, field: str) -> int:
+    """A count inside `usage[group]`, 0 when absent or malformed (details never lower the
+    totals, so a bad one is safe to ignore)."""
+    details = usage.get(group)
+    value = details.get(field, 0) if isinstance(details, dict) else 0
+    return value if _count(value) else 0
+
+
+def optional_choices(body: dict[str, Any], field: str) -> int:
+    """`n` / `best_of`: how many completions one request generates (each may reach the cap)."""
+    value = body.get(field)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHOICES:
+        raise BadRequest(f"'{field}' must be an integer between 1 and {MAX_CHOICES}", param=field)
+    return value
+
+
 def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
     """`POST /v1/chat/completions`."""
     model = require_model(body)
@@ -137,28 +163,34 @@ def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
     max_completion = optional_token_count(body, "max_completion_tokens")
     max_tokens = optional_token_count(body, "max_tokens")
     stream = optional_bool(body, "stream")
-    rewritten = _ask_for_usage(body) if stream else None
+    rewrites = _ask_for_usage(body) if stream else {}
     return ParsedRequest(
         model=model,
         stream=stream,
         max_output_tokens=max_completion if max_completion is not None else max_tokens,
         prompt_texts=tuple(texts),
         framing_tokens=framing,
-        rewritten_body=rewritten,
-        hide_usage_event=rewritten is not None,
+        rewrites=rewrites,
+        hide_usage_event=bool(rewrites),
+        # The field the client used; else the one every current chat model accepts
+        # (reasoning models refuse `max_tokens`).
+        cap_field="max_tokens"
+        if max_tokens is not None and max_completion is None
+        else "max_completion_tokens",
+        completion_multiplier=optional_choices(body, "n"),
+        body=body,
     )
 
 
-def _ask_for_usage(body: dict[str, Any]) -> bytes | None:
+def _ask_for_usage(body: dict[str, Any]) -> dict[str, Any]:
     """A stream only reports usage when asked; ask on the client's behalf (and hide the
     extra event from it), so that every stream settles on the provider's own count."""
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
     if options is not None and options.get("include_usage") is True:
-        return None
-    body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-    return json.dumps(body, separators=(",", ":")).encode()
+        return {}
+    return {"stream_options": {**(options or {}), "include_usage": True}}
 
 
 def _collect_message(message: dict[str, Any], texts: list[str]) -> int:

@@ -47,7 +47,9 @@ def test_parse_usage_includes_cache_tokens_in_the_prompt() -> None:
         },
     }
     usage = PROVIDER.parse_usage(body)
-    assert usage == Usage(prompt_tokens=4020, completion_tokens=42, cached_prompt_tokens=3000)
+    assert usage == Usage(
+        prompt_tokens=4020, completion_tokens=42, cached_prompt_tokens=3000, cache_write_tokens=1000
+    )
     assert usage is not None
     assert usage.total == 4062
 

@@ -42,15 +42,18 @@ def test_credentials() -> None:
 
 
 def test_minimal_request() -> None:
-    assert parse_messages_request(messages()) == ParsedRequest(
+    body = messages()
+    assert parse_messages_request(body) == ParsedRequest(
         model="claude-sonnet-4-6",
         stream=False,
         max_output_tokens=1024,
         prompt_texts=("Hi",),
         framing_tokens=3,
-        rewritten_body=None,
         hide_usage_event=False,
+        cap_field="max_tokens",
+        body=body,
     )
+    assert parse_messages_request(body).body_with(None) is None  # forwarded untouched
 
 
 def test_system_string_and_conversation() -> None:

@@ -41,13 +41,36 @@ def test_framing_constants() -> None:
 
 
 def test_minimal_request() -> None:
-    assert parse_chat_request(chat()) == ParsedRequest(
+    body = chat()
+    assert parse_chat_request(body) == ParsedRequest(
         model="gpt-4o",
         stream=False,
         max_output_tokens=None,
         prompt_texts=("Hi",),
         framing_tokens=6,  # 3 priming + 3 for the one message
+        cap_field="max_completion_tokens",  # accepted by every chat model, reasoning ones too
+        body=body,
     )
+
+
+def test_the_cap_is_written_in_the_field_the_client_used() -> None:
+    assert parse_chat_request(chat(max_tokens=5)).cap_field == "max_tokens"
+    both = parse_chat_request(chat(max_tokens=5, max_completion_tokens=7))
+    assert (both.cap_field, both.max_output_tokens) == ("max_completion_tokens", 7)
+    capped = json.loads(parse_chat_request(chat(max_tokens=500)).body_with(100) or b"")
+    assert capped["max_tokens"] == 100 and capped["messages"] == chat()["messages"]
+
+
+@pytest.mark.parametrize(("n", "multiplier"), [(None, 1), (1, 1), (50, 50)])
+def test_n_multiplies_the_completions(n: int | None, multiplier: int) -> None:
+    assert parse_chat_request(chat(n=n)).completion_multiplier == multiplier
+
+
+@pytest.mark.parametrize("n", [0, 129, "2", True, 1.5])
+def test_a_bad_n_is_refused(n: object) -> None:
+    with pytest.raises(BadRequest) as refused:
+        parse_chat_request(chat(n=n))
+    assert refused.value.param == "n"
 
 
 def test_each_message_adds_three_tokens() -> None:
