@@ -14,6 +14,7 @@ from extproc.gate.routes import open_processor
 from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import parse_documents
 from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy, Route
+from extproc.policy.prices import PriceTable
 from extproc.providers.tokens import TokenCounter
 from extproc.quota import MemoryBackend, ScopedLimit
 from extproc.quota.failover import FailoverStore
@@ -41,10 +42,11 @@ def runtime_for(
     *,
     max_body_bytes: int = 10_000,
     keys: Mapping[str, str] = PROVIDER_KEYS,
+    prices: PriceTable | None = None,
 ) -> Runtime:
     """A worker's runtime on `policy_yaml`, the real in-process store and tokenizer (the
     caller's `vocab_dir` fixture must have run)."""
-    docs = parse_documents(policy_yaml, file="test.yaml")
+    docs = parse_documents(policy_yaml, file="test.yaml", allow_usd=prices is not None)
     snapshot = PolicySnapshot(
         policies={d.namespace: d for d in docs if isinstance(d, QuotaPolicy)},
         keys_by_sha256={d.sha256: d for d in docs if isinstance(d, ApiKey)},
@@ -60,6 +62,7 @@ def runtime_for(
         credentials=CredentialsHolder({name: Secret(key) for name, key in keys.items()}),
         metrics=metrics,
         limits=Limits(max_body_bytes=max_body_bytes),
+        prices=prices,
     )
 
 

@@ -47,6 +47,7 @@ class Admission:
 
     tenant: Tenant
     request: ParsedRequest
+    provider: str  # the provider family that serves it (a metrics label)
     costing: Costing
     prompt_tokens: int
     reservation: Reservation  # as granted at admission (a stream's budget grows its own)

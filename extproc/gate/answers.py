@@ -25,37 +25,48 @@ from extproc.gate.stream import AnswerStream, Chunk
 from extproc.providers import Provider, Usage
 from extproc.providers.tokens import encoding_name_for
 from extproc.quota import Reservation
+from extproc.telemetry.metrics import Settlement
 
 UNREADABLE = "upstream-encoding"  # the `limit` label of a stream cut for an unreadable chunk
 
 
 async def settle(
-    rt: Runtime,
-    admission: Admission,
-    reservation: Reservation,
-    *,
-    prompt: int,
-    completion: int,
-    cached: int = 0,
-    source: str = "counted",
+    rt: Runtime, admission: Admission, reservation: Reservation, usage: Usage, *, source: str
 ) -> None:
-    """Charge the true cost in place of the reservation, and record it (ledger, metrics)."""
-    actual = admission.costing.actual(prompt, completion, cached)
+    """Charge `usage` in place of the reservation, and record it (ledger, metrics).
+    `source`: `provider` (its complete report), `partial` (its numbers so far, our count
+    where it had none yet) or `counted` (ours alone)."""
+    actual = admission.costing.actual(
+        usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens,
+        usage.cache_write_tokens,
+    )  # fmt: skip
     await rt.store.settle(reservation, actual)
     caller = admission.tenant.caller
     rt.ledger.record(caller.namespace, caller.key_name, actual)
-    rt.metrics.record_tokens(
-        caller.namespace, admission.model, prompt=prompt, completion=completion, source=source
-    )
-
-
-async def settle_usage(
-    rt: Runtime, admission: Admission, reservation: Reservation, usage: Usage
-) -> None:
-    await settle(
-        rt, admission, reservation, prompt=usage.prompt_tokens,
-        completion=usage.completion_tokens, cached=usage.cached_prompt_tokens, source="provider",
+    rt.metrics.record_settlement(
+        Settlement(
+            namespace=caller.namespace, key=caller.key_name or "-", model=admission.model,
+            provider=admission.provider, usage=usage, usd_micros=actual.usd_micros,
+            source=source, counted_prompt=admission.prompt_tokens,
+            reserved_completion=admission.reservation.cost.tokens - admission.prompt_tokens,
+        )
     )  # fmt: skip
+
+
+def at_least_reported(counted: Usage, reported: Usage | None) -> tuple[Usage, str]:
+    """An answer that ended before the provider's final usage (cut, client gone, upstream
+    error or reset) is charged our count, but never below what the provider had already
+    reported (Anthropic's `message_start` gives the input, cache reads and writes)."""
+    if reported is None:
+        return counted, "counted"
+    merged = Usage(
+        prompt_tokens=max(counted.prompt_tokens, reported.prompt_tokens),
+        completion_tokens=max(counted.completion_tokens, reported.completion_tokens),
+        cached_prompt_tokens=reported.cached_prompt_tokens,
+        cache_write_tokens=reported.cache_write_tokens,
+        reasoning_tokens=reported.reasoning_tokens,
+    )
+    return merged, "partial"
 
 
 class _Answer:
@@ -124,7 +135,7 @@ class PlainAnswer(_Answer):
         if usage is None:
             await self._rt.store.settle(reservation, reservation.cost)
         else:
-            await settle_usage(self._rt, self._admission, reservation, usage)
+            await settle(self._rt, self._admission, reservation, usage, source="provider")
 
     async def settle(self) -> None:
         """Ended before its last byte (the client left): charged its reservation."""
@@ -194,22 +205,20 @@ class StreamedAnswer(_Answer):
         return _body_reply(self._provider.stream_error(cut.error))
 
     async def settle(self) -> None:
-        """Charge what the stream delivered, on the provider's usage when it arrived (the
+        """Charge what the stream delivered: the provider's usage when it arrived (the
         client may close as soon as it read the last event, before Envoy sent us
-        end_of_stream), else on our count."""
+        end_of_stream), else our count raised to what the provider reported so far."""
         reservation = self._budget.close()
         if reservation is None:
             return
-        usage = self._stream.reader.usage
-        delivered = self._budget.delivered
-        self._rt.metrics.observe_count_error(self._admission.model, delivered, usage)
-        if usage is None:
-            await settle(
-                self._rt, self._admission, reservation,
-                prompt=self._admission.prompt_tokens, completion=delivered,
-            )  # fmt: skip
+        reader, delivered = self._stream.reader, self._budget.delivered
+        self._rt.metrics.observe_count_error(self._admission.model, delivered, reader.usage)
+        if reader.usage is not None:
+            usage, source = reader.usage, "provider"
         else:
-            await settle_usage(self._rt, self._admission, reservation, usage)
+            counted = Usage(self._admission.prompt_tokens, delivered)
+            usage, source = at_least_reported(counted, reader.reported)
+        await settle(self._rt, self._admission, reservation, usage, source=source)
 
 
 def _immediate(provider: Provider, error: ClientError) -> ep.ProcessingResponse:

@@ -27,7 +27,10 @@ from extproc.gate.runtime import Runtime
 from extproc.providers import ParsedRequest
 from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
 from extproc.quota import Reservation
+from extproc.quota.clamp import fit_within, per_choice, room_after
 from extproc.quota.costing import Costing
+
+MAX_CLAMP_TRIES = 4  # a refusal per token/dollar limit at most; then the 429 stands
 
 
 class GovernedProcessor(Processor):
@@ -46,6 +49,7 @@ class GovernedProcessor(Processor):
         # Held here from admission until the answer (plain or streamed) takes it over.
         self._reservation: Reservation | None = None
         self._answer: PlainAnswer | StreamedAnswer | None = None
+        self._cap: int | None = None  # the completion cap the budget allows (clamping on)
 
     @property
     def model(self) -> str:
@@ -82,7 +86,10 @@ class GovernedProcessor(Processor):
         except ClientError as error:
             return self.refuse(error)
         self._reservation = admission.reservation
-        rewritten = admission.request.body_with(None)
+        cap = self._cap_to_write(admission.request)
+        if cap is not None:
+            self._headers["x-tokengate-max-tokens"] = str(cap)
+        rewritten = admission.request.body_with(cap)
         if rewritten is not None:
             return replies.request_body_reply(rewritten)
         return replies.REQUEST_BODY_CONTINUE
@@ -99,14 +106,51 @@ class GovernedProcessor(Processor):
         check_model(tenant, parsed.model)
         costing = Costing.for_request(self._rt.prices, tenant.limits, parsed.model)
         prompt = await self._count_prompt(parsed)
-        expected = expected_completion(
-            tenant.policy, asked=parsed.max_output_tokens, stream=parsed.stream
-        )
-        reservation = await self.reserve(tenant, costing.estimate(prompt, expected))
+        reservation, self._cap = await self._reserve_answer(tenant, parsed, costing, prompt)
         return Admission(
-            tenant=tenant, request=parsed, costing=costing, prompt_tokens=prompt,
+            tenant=tenant, request=parsed, provider=self._provider.name, costing=costing,
+            prompt_tokens=prompt,
             reservation=reservation, admitted_at=time.perf_counter(),
         )  # fmt: skip
+
+    async def _reserve_answer(
+        self, tenant: Tenant, parsed: ParsedRequest, costing: Costing, prompt: int
+    ) -> tuple[Reservation, int | None]:
+        """Reserve the prompt and the expected answer; with clamping, the completion cap to
+        write: what the client asked (or the policy's default) lowered to what the budget
+        still allows, so the provider itself cannot outrun it. A refusal by a token or
+        dollar limit is retried with the answer that limit still fits, down to the policy's
+        minimal answer (see quota/clamp.py)."""
+        policy, times = tenant.policy, parsed.completion_multiplier
+        want = expected_completion(policy, asked=parsed.max_output_tokens, stream=False)
+        part = expected_completion(policy, asked=parsed.max_output_tokens, stream=parsed.stream)
+        if not parsed.generates:
+            want = part = 0
+        clamp = policy.clamp_completion and parsed.generates
+        decision = await self.decide(tenant, costing.estimate(prompt, part * times))
+        for _ in range(MAX_CLAMP_TRIES):
+            if decision.refusal is None:
+                break
+            fit = fit_within(decision.refusal, costing, completion=part * times) if clamp else None
+            if fit is None or per_choice(fit, times) < policy.min_completion_tokens:
+                break
+            want = part = min(part, per_choice(fit, times))
+            decision = await self.decide(tenant, costing.estimate(prompt, part * times))
+        if decision.refusal is not None:
+            raise self.refused(tenant, decision.refusal)
+        assert decision.reservation is not None
+        if not clamp:
+            return decision.reservation, None
+        room = room_after(decision.states, costing)
+        cap = want if room is None else min(want, part + per_choice(room, times))
+        return decision.reservation, cap
+
+    def _cap_to_write(self, parsed: ParsedRequest) -> int | None:
+        """The cap goes into the body when the client named none or a larger one."""
+        asked = parsed.max_output_tokens
+        if self._cap is None or (asked is not None and asked <= self._cap):
+            return None
+        return self._cap
 
     async def _count_prompt(self, parsed: ParsedRequest) -> int:
         encoding = encoding_name_for(parsed.model)

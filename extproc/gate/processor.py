@@ -20,14 +20,14 @@ from collections.abc import Mapping
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.errors import ClientError, InternalFailure, Unavailable
+from extproc.errors import ClientError, InternalFailure, RateLimited, Unavailable
 from extproc.gate import replies
 from extproc.gate.admission import Tenant, admit_tenant
 from extproc.gate.credentials import credential_headers, without_credential_query
 from extproc.gate.identity import verified_claims
 from extproc.gate.runtime import Runtime
 from extproc.providers import Provider
-from extproc.quota import Cost, Reservation, ratelimit_headers, refusal_error
+from extproc.quota import Cost, Decision, Refusal, Reservation, ratelimit_headers, refusal_error
 
 log = logging.getLogger(__name__)
 
@@ -164,20 +164,30 @@ class Processor(abc.ABC):
     # -- shared steps ----------------------------------------------------------------------
 
     async def reserve(self, tenant: Tenant, cost: Cost) -> Reservation:
-        """Reserve `cost` against every limit of the tenant; keeps the rate-limit headers
-        for the answer and raises the provider-format 429 (or 503) on refusal."""
+        """Reserve `cost` against every limit of the tenant; raises the provider-format 429
+        (or 503) on refusal."""
+        decision = await self.decide(tenant, cost)
+        if decision.refusal is not None:
+            raise self.refused(tenant, decision.refusal)
+        assert decision.reservation is not None
+        return decision.reservation
+
+    async def decide(self, tenant: Tenant, cost: Cost) -> Decision:
+        """The store's answer to reserving `cost`, keeping its rate-limit headers for the
+        reply; a refusal is returned, not raised (the caller may ask for less)."""
         decision = await self._rt.store.reserve(
             self._rt.next_request_id(), tenant.limits, cost, tenant.policy.fail_mode
         )
         self._headers = ratelimit_headers(decision.states)
-        if decision.refusal is None:
-            assert decision.reservation is not None
-            return decision.reservation
-        limit = decision.refusal.scoped.limit.name
+        return decision
+
+    def refused(self, tenant: Tenant, refusal: Refusal) -> RateLimited:
+        """The 429 for a final refusal, counted and published."""
+        limit = refusal.scoped.limit.name
         self._rt.metrics.refusals.labels(tenant.namespace, limit).inc()
-        error = refusal_error(decision.refusal)
+        error = refusal_error(refusal)
         self._rt.publish("refusal", error.message, tenant.caller, limit)
-        raise error
+        return error
 
     async def count_refused(self, tenant: Tenant) -> None:
         """A malformed request refused before its reservation still counts against the

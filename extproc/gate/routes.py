@@ -27,6 +27,15 @@ from extproc.policy.model import Route
 MAX_SHOWN_PATH = 200  # of a client's path echoed in a refusal
 ProcessorFactory = Callable[..., Processor]  # (runtime=, request_headers=) -> a processor
 
+# Forwarded for every namespace without a policy: Anthropic's token counter is not billed, so
+# it is governed by request and concurrency limits only, and only ever reaches Anthropic.
+BUILT_IN_ROUTES = (
+    Route(
+        name="count-tokens", namespace=None, methods=("POST",),
+        path="/v1/messages/count_tokens", provider="anthropic",
+    ),
+)  # fmt: skip
+
 GOVERNED: dict[tuple[str, str], ProcessorFactory] = {
     ("POST", path): functools.partial(GovernedProcessor, endpoint=endpoint)
     for path, endpoint in ENDPOINTS.items()
@@ -43,7 +52,9 @@ def open_processor(runtime: Runtime, request: ep.ProcessingRequest) -> Processor
     governed = GOVERNED.get((method, path))
     if governed is not None:
         return governed(runtime=runtime, request_headers=headers)
-    routes = tuple(r for r in runtime.policies.current.routes if r.matches_path(path))
+    routes = tuple(
+        r for r in BUILT_IN_ROUTES + runtime.policies.current.routes if r.matches_path(path)
+    )
     usable = tuple(r for r in routes if method in r.methods)
     if usable:
         return PassthroughProcessor(runtime=runtime, request_headers=headers, routes=usable)

@@ -80,6 +80,11 @@ class QuotaPolicy:
     stream_reserve_tokens: int | None = None
     # IANA time zone of CALENDAR windows (a `1d` budget resets at local midnight).
     time_zone: str = "UTC"
+    # Write the completion cap the provider enforces, clamped to what the budget still
+    # allows (see quota/clamp.py); off: reserve and settle only, as before.
+    clamp_completion: bool = True
+    # The smallest answer worth forwarding: below it the request is refused (429).
+    min_completion_tokens: int = 16
     source: str = ""
 
     def allows_model(self, model: str) -> bool:

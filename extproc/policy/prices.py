@@ -40,7 +40,7 @@ PICO_PER_MICRO = 10**6
 CACHE_SIZE = 4096  # distinct model names remembered per table; requests name few models
 
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "prices")
-_ENTRY_FIELDS = ("model", "input", "cachedInput", "output")
+_ENTRY_FIELDS = ("model", "input", "cachedInput", "cacheWrite", "output")
 _WILDCARD = re.compile(r"\*|\?|\[!?\]?[^\]]*\]")
 _Fail = Callable[[str | None, str], "PriceTableError"]
 
@@ -91,21 +91,30 @@ class Price:
     input_pico: int
     cached_input_pico: int
     output_pico: int
+    # Anthropic bills writing a prompt to its cache above the input rate (1.25x for the
+    # 5-minute cache); absent from the table: charged at the input rate.
+    cache_write_pico: int | None = None
 
     def cost_micros(
-        self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_prompt_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> int:
-        """Settled cost. Cached tokens are part of `prompt_tokens`. Inconsistent provider
-        numbers (more cached than prompt tokens) forfeit the discount: never under-charge.
-        A negative count is a bug (the codecs refuse negative usage, the tokenizer cannot
-        produce one): `InvariantError`, answered by the server as a logged 500."""
-        if min(prompt_tokens, completion_tokens, cached_prompt_tokens) < 0:
+        """Settled cost. Cached and cache-write tokens are part of `prompt_tokens`.
+        Inconsistent provider numbers (more cached than prompt tokens) forfeit the discount:
+        never under-charge. A negative count is a bug (the codecs refuse negative usage,
+        the tokenizer cannot produce one): `InvariantError`, answered as a logged 500."""
+        if min(prompt_tokens, completion_tokens, cached_prompt_tokens, cache_write_tokens) < 0:
             raise InvariantError("token counts must be non-negative")
-        if cached_prompt_tokens > prompt_tokens:
-            cached_prompt_tokens = 0
+        if cached_prompt_tokens + cache_write_tokens > prompt_tokens:
+            cached_prompt_tokens = cache_write_tokens = 0
+        write_pico = self.input_pico if self.cache_write_pico is None else self.cache_write_pico
         pico = (
-            (prompt_tokens - cached_prompt_tokens) * self.input_pico
+            (prompt_tokens - cached_prompt_tokens - cache_write_tokens) * self.input_pico
             + cached_prompt_tokens * self.cached_input_pico
+            + cache_write_tokens * write_pico
             + completion_tokens * self.output_pico
         )
         return -(-pico // PICO_PER_MICRO)
@@ -220,8 +229,9 @@ def _entry(entry: object, at: str, fail: _Fail) -> Price:
     if cached > pico["input"]:
         raise fail(f"{at}.cachedInput", "must not exceed input (reservations assume input)")
     return Price(
-        model=model, input_pico=pico["input"], cached_input_pico=cached, output_pico=pico["output"]
-    )
+        model=model, input_pico=pico["input"], cached_input_pico=cached,
+        output_pico=pico["output"], cache_write_pico=pico.get("cacheWrite"),
+    )  # fmt: skip
 
 
 def _check_fields(data: dict[object, object], known: tuple[str, ...], at: str, fail: _Fail) -> None:

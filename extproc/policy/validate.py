@@ -45,7 +45,7 @@ _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 _METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
 _POLICY_FIELDS = (
     "priority", "models", "limits", "failMode", "defaultMaxTokens", "streamReserveTokens",
-    "timeZone",
+    "timeZone", "clampCompletion", "minCompletionTokens",
 )  # fmt: skip
 _MODELS_FIELDS = ("allow",)
 _KEY_FIELDS = ("sha256", "limits")
@@ -123,8 +123,18 @@ def _quota_policy(
         default_max_tokens=max_tokens,
         stream_reserve_tokens=reserve,
         time_zone=_time_zone(doc, spec.get("timeZone", "UTC")),
+        clamp_completion=_boolean(doc, spec.get("clampCompletion", True), "spec.clampCompletion"),
+        min_completion_tokens=_token_count(
+            doc, spec.get("minCompletionTokens", 16), "spec.minCompletionTokens"
+        ),
         source=doc.file,
     )
+
+
+def _boolean(doc: Doc, value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        doc.fail(field, f"must be true or false, got {show(value)}")
+    return value
 
 
 def _token_count(doc: Doc, value: object, field: str) -> int:

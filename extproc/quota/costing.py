@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from extproc.errors import ConfigError, PermissionDenied
 from extproc.policy.model import Measure, QuotaPolicy
-from extproc.policy.prices import Price, PriceTable
+from extproc.policy.prices import PICO_PER_MICRO, Price, PriceTable
 from extproc.quota.store import Cost
 from extproc.quota.windows import ScopedLimit
 
@@ -21,10 +21,10 @@ class Costing:
     def for_request(
         cls, prices: PriceTable | None, limits: Sequence[ScopedLimit], model: str
     ) -> Costing:
-        if not any(s.limit.measure is Measure.USD for s in limits):
-            return cls(None)
+        """The model's price when the table has one (so that spend is reported even without
+        dollar limits); a caller with dollar limits and no price is refused, never charged 0."""
         price = prices.price_for(model) if prices is not None else None
-        if price is None:
+        if price is None and any(s.limit.measure is Measure.USD for s in limits):
             raise PermissionDenied(
                 f"No price for model '{model}' in the gateway's price table, so its dollar "
                 "limits cannot be enforced; ask the platform team to add it.",
@@ -37,9 +37,19 @@ class Costing:
         usd = 0 if self._price is None else self._price.estimate_micros(prompt, completion)
         return Cost(requests=1, tokens=prompt + completion, usd_micros=usd)
 
-    def actual(self, prompt: int, completion: int, cached: int = 0) -> Cost:
-        usd = 0 if self._price is None else self._price.cost_micros(prompt, completion, cached)
+    def actual(self, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> Cost:
+        usd = (
+            0 if self._price is None
+            else self._price.cost_micros(prompt, completion, cached, cache_write)
+        )  # fmt: skip
         return Cost(requests=1, tokens=prompt + completion, usd_micros=usd)
+
+    def completion_tokens_within(self, usd_micros: int) -> int:
+        """How many completion tokens `usd_micros` pays for (unbounded without a price: a
+        caller without dollar limits is never clamped by dollars)."""
+        if self._price is None or self._price.output_pico == 0:
+            return max(0, usd_micros) * 10**9
+        return max(0, usd_micros) * PICO_PER_MICRO // self._price.output_pico
 
     def more_completion(self, tokens: int) -> Cost:
         """A stream's debit: `tokens` more generated tokens."""

@@ -3,12 +3,11 @@ caller cannot blow up the time-series count by inventing model names."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from extproc.providers import Usage
+from extproc.providers import Usage
 
 # ext_proc messages are handled in tens of microseconds; the buckets resolve that.
 _PHASE_BUCKETS = (
@@ -28,8 +27,30 @@ _PHASE_BUCKETS = (
 )
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Reservations err high by design (a whole max_tokens for a short answer): wide buckets.
+_RESERVATION_BUCKETS = (-0.5, -0.1, -0.01, 0.0, 0.01, 0.1, 0.5, 1.0, 3.0, 10.0, 100.0)
 _ERROR_BUCKETS = (-0.5, -0.2, -0.1, -0.05, -0.01, -0.001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
 MAX_MODEL_LABELS = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settlement:
+    """What one settlement records."""
+
+    namespace: str
+    key: str  # the gateway key's name, "-" without one
+    model: str
+    provider: str
+    usage: Usage
+    usd_micros: int
+    source: str  # provider | partial | counted
+    counted_prompt: int  # our count of the prompt
+    reserved_completion: int  # completion tokens the reservation held at admission
+
+
+def _ratio(estimate: int, actual: int) -> float:
+    """(estimate - actual) / actual: positive = reserved more than used."""
+    return (estimate - actual) / max(1, actual)
 
 
 class BoundedLabel:
@@ -92,7 +113,8 @@ class Metrics:
         )
         self.usage_source = Counter(
             "tokengate_usage_source",
-            "Settled requests by where their token count came from (provider or counted).",
+            "Settled requests by where their count came from: provider (its usage), partial "
+            "(what it reported before the answer ended early, raised by our count), counted.",
             ["source"],
             registry=r,
         )
@@ -117,6 +139,20 @@ class Metrics:
             "tokengate_inter_token_seconds",
             "Time between generated tokens of a streamed answer (per chunk, per token).",
             buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.spend = Counter(
+            "tokengate_spend_usd_micros",
+            "Settled cost in micro-dollars (needs a price for the model in the price table).",
+            ["namespace", "key", "model", "provider"],
+            registry=r,
+        )
+        self.reservation_error = Histogram(
+            "tokengate_reservation_error_ratio",
+            "(reserved - settled) / settled per request, on provider usage: `prompt` is our "
+            "count against the provider's, `completion` the reserved answer against the used.",
+            ["part"],
+            buckets=_RESERVATION_BUCKETS,
             registry=r,
         )
         self.count_error = Histogram(
@@ -152,13 +188,22 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
-    def record_tokens(
-        self, namespace: str, model: str, *, prompt: int, completion: int, source: str
-    ) -> None:
-        label = self.model_label(model)
-        self.tokens.labels(namespace, label, "prompt").inc(prompt)
-        self.tokens.labels(namespace, label, "completion").inc(completion)
-        self.usage_source.labels(source).inc()
+    def record_settlement(self, s: Settlement) -> None:
+        """One settled request: its tokens, its cost, and how far the reservation was off
+        (prompt: our count against the provider's; completion: reserved against used)."""
+        label = self.model_label(s.model)
+        self.tokens.labels(s.namespace, label, "prompt").inc(s.usage.prompt_tokens)
+        self.tokens.labels(s.namespace, label, "completion").inc(s.usage.completion_tokens)
+        self.usage_source.labels(s.source).inc()
+        if s.usd_micros:
+            self.spend.labels(s.namespace, s.key, label, s.provider).inc(s.usd_micros)
+        if s.source == "provider":
+            self.reservation_error.labels("prompt").observe(
+                _ratio(s.counted_prompt, s.usage.prompt_tokens)
+            )
+            self.reservation_error.labels("completion").observe(
+                _ratio(s.reserved_completion, s.usage.completion_tokens)
+            )
 
     def observe_pace(self, *, first_token_s: float | None, per_token_s: float | None) -> None:
         """A chunk's tokens arrived: the first token's delay, or the gap per token since the

@@ -54,6 +54,7 @@ apiVersion: tokengate.dev/v1
 kind: QuotaPolicy
 metadata: {{name: tight-tokens, namespace: tight-tokens}}
 spec:
+  clampCompletion: false  # tests reserve-and-settle and the cut, which a cap pre-empts
   limits:
     - {{name: token-budget, tokens: 60, per: {LONG}}}
 ---
@@ -89,6 +90,7 @@ apiVersion: tokengate.dev/v1
 kind: QuotaPolicy
 metadata: {{name: stream-budget, namespace: stream-budget}}
 spec:
+  clampCompletion: false  # tests reserve-and-settle and the cut, which a cap pre-empts
   defaultMaxTokens: 10
   limits:
     - {{name: stream-tokens, tokens: {STREAM_BUDGET}, per: {LONG}}}
@@ -97,6 +99,7 @@ apiVersion: tokengate.dev/v1
 kind: QuotaPolicy
 metadata: {{name: stream-budget-a, namespace: stream-budget-a}}
 spec:
+  clampCompletion: false  # tests reserve-and-settle and the cut, which a cap pre-empts
   streamReserveTokens: 10
   limits:
     - {{name: stream-tokens, tokens: {STREAM_BUDGET}, per: {LONG}}}
@@ -105,6 +108,7 @@ apiVersion: tokengate.dev/v1
 kind: QuotaPolicy
 metadata: {{name: shared-budget, namespace: shared-budget}}
 spec:
+  clampCompletion: false  # tests reserve-and-settle and the cut, which a cap pre-empts
   defaultMaxTokens: 10
   limits:
     - {{name: shared-tokens, tokens: {SHARED_BUDGET}, per: {LONG}}}

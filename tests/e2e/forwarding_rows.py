@@ -173,9 +173,9 @@ OBJECTS = [
     Row("organization-users", NOT_FOUND_O, method="GET", target="/v1/organization/users"),
     Row("admin-keys", NOT_FOUND_O, method="GET", target="/v1/organization/admin_api_keys"),
     Row("message-batches", NOT_FOUND_A, target="/v1/messages/batches", identity=A_KEY),
-    Row(
-        "count-tokens-not-opened",
-        NOT_FOUND_A,
+    Row(  # built in for every namespace: not billed, request limits only, Anthropic only
+        "count-tokens-built-in",
+        _a("/v1/messages/count_tokens"),
         target="/v1/messages/count_tokens",
         identity=A_KEY,
         namespace="fw-other",

@@ -72,11 +72,6 @@ spec: {{methods: [GET, DELETE], path: /v1/files/*, provider: openai}}
 ---
 apiVersion: tokengate.dev/v1
 kind: Route
-metadata: {{name: count-tokens, namespace: fw}}
-spec: {{methods: [POST], path: /v1/messages/count_tokens, provider: anthropic}}
----
-apiVersion: tokengate.dev/v1
-kind: Route
 metadata: {{name: one-model}}
 spec:
   methods: [GET]
@@ -92,7 +87,8 @@ POLICIES = "---\n".join(
         _policy(
             "budget",
             f"{{name: stream-tokens, tokens: {STREAM_BUDGET}, per: {LONG}}}",
-            extra="  defaultMaxTokens: 10\n",
+            # The cut is what this namespace shows; a clamped cap would end the stream first.
+            extra="  defaultMaxTokens: 10\n  clampCompletion: false\n",
         ),
         ROUTES,
     ]

@@ -58,6 +58,7 @@ kind: QuotaPolicy
 metadata: {{name: sec-budget, namespace: sec-budget}}
 spec:
   defaultMaxTokens: 10
+  clampCompletion: false  # the stream must be cut, not capped
   limits: [{{name: stream-tokens, tokens: 150, per: {LONG}}}]
 ---
 apiVersion: tokengate.dev/v1

@@ -135,7 +135,7 @@ INVALID = [
     (
         "{model: m, input: 1, cachedinput: 0.5, output: 1}",
         "prices[0].cachedinput",
-        "unknown field 'cachedinput' (known: model, input, cachedInput, output)",
+        "unknown field 'cachedinput' (known: model, input, cachedInput, cacheWrite, output)",
     ),
     ("{input: 1, output: 1}", "prices[0].model", "must be a non-empty string, got nothing (null)"),
     ("{model: '', input: 1, output: 1}", "prices[0].model", "must be a non-empty string, got ''"),

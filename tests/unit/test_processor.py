@@ -23,6 +23,7 @@ apiVersion: tokengate.dev/v1
 kind: QuotaPolicy
 metadata: {{name: team, namespace: team}}
 spec:
+  clampCompletion: false  # reserve-and-settle; clamping has its own tests
   models: {{allow: ["gpt-4o*"]}}
   defaultMaxTokens: 100
   limits:
