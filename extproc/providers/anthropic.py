@@ -13,6 +13,7 @@ import json
 from typing import Any, TypeGuard
 
 from extproc.errors import BadRequest, ClientError
+from extproc.providers import anthropic_content
 from extproc.providers._base import (
     NOTHING,
     EventMeaning,
@@ -22,15 +23,12 @@ from extproc.providers._base import (
     optional_token_count,
     require_model,
 )
+from extproc.providers.prompt_parts import PromptParts
 from extproc.providers.sse import Event
 
 # Matches the project's mock provider (3 per message) so e2e counts agree; Anthropic does not
 # publish its framing, and the provider's usage settles the bill.
 TOKENS_PER_MESSAGE = 3
-# An estimate per image block: Anthropic documents tokens ≈ width * height / 750 and scales
-# larger images down to ~1.15 megapixels (1092x1092 ≈ 1,590 tokens), so this is the cost of a
-# full-size image: an upper bound for smaller ones, which keeps the reservation on the safe side.
-TOKENS_PER_IMAGE = 1600
 
 # Anthropic's documented error types by HTTP status
 # (https://docs.anthropic.com/en/api/errors). Our 503 (a dependency is down, fail closed) is
@@ -208,7 +206,7 @@ def _dumps(value: object) -> str:
 
 
 def parse_messages_request(body: dict[str, Any]) -> ParsedRequest:
-    """`POST /v1/messages`."""
+    """`POST /v1/messages`: every billed prompt part counted (`anthropic_content`)."""
     model = require_model(body)
     if body.get("max_tokens") is None:
         raise BadRequest("'max_tokens' is required", param="max_tokens")
@@ -216,8 +214,8 @@ def parse_messages_request(body: dict[str, Any]) -> ParsedRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
-    texts: list[str] = []
-    framing = _collect_content(body.get("system"), texts)
+    prompt = PromptParts()
+    anthropic_content.content(prompt, body.get("system"), model)
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest(f"'messages[{index}]' must be an object", param="messages")
@@ -225,44 +223,15 @@ def parse_messages_request(body: dict[str, Any]) -> ParsedRequest:
             raise BadRequest(
                 f"'messages[{index}].role' must be 'user' or 'assistant'", param="messages"
             )
-        framing += TOKENS_PER_MESSAGE + _collect_content(message.get("content"), texts)
-    tools = body.get("tools")
-    if isinstance(tools, list) and tools:
-        texts.append(_dumps(tools))
+        prompt.add(TOKENS_PER_MESSAGE)
+        anthropic_content.content(prompt, message.get("content"), model)
+    anthropic_content.tools(prompt, body, model)
     return ParsedRequest(
         model=model,
         stream=optional_bool(body, "stream"),
         max_output_tokens=max_tokens,
-        prompt_texts=tuple(texts),
-        framing_tokens=framing,
+        prompt_texts=tuple(prompt.texts),
+        framing_tokens=prompt.fixed,
         cap_field="max_tokens",
         body=body,
     )
-
-
-def _collect_content(content: object, texts: list[str]) -> int:
-    """Append the countable text of a string or block list; return its fixed-estimate tokens.
-
-    Shapes the API would reject are counted as nothing: the provider refuses them for free.
-    """
-    if isinstance(content, str):
-        texts.append(content)
-        return 0
-    if not isinstance(content, list):
-        return 0
-    extra = 0
-    for block in content:
-        if not isinstance(block, dict):
-            continue
-        kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
-            texts.append(block["text"])
-        elif kind == "image":
-            extra += TOKENS_PER_IMAGE
-        elif kind == "tool_use":
-            if isinstance(block.get("name"), str):
-                texts.append(block["name"])
-            texts.append(_dumps(block.get("input", {})))
-        elif kind == "tool_result":
-            extra += _collect_content(block.get("content"), texts)
-    return extra

@@ -15,15 +15,9 @@ from extproc.providers._base import (
     optional_token_count,
     require_model,
 )
+from extproc.providers.openai_prompt import chat_prompt
 from extproc.providers.sse import Event
 
-# OpenAI's documented framing: every message costs 3 tokens beyond its content (plus 1 for a
-# `name`), and every reply is primed with 3 more.
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_NAME = 1
-REPLY_PRIMING_TOKENS = 3
-# A flat estimate per image part (OpenAI's low-detail price); the provider's usage settles.
-TOKENS_PER_IMAGE = 85
 MAX_CHOICES = 128  # OpenAI's own bound on `n`
 
 
@@ -145,21 +139,12 @@ def optional_choices(body: dict[str, Any], field: str) -> int:
 
 
 def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
-    """`POST /v1/chat/completions`."""
+    """`POST /v1/chat/completions`: every billed prompt part counted (`openai_prompt`)."""
     model = require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
-    texts: list[str] = []
-    framing = REPLY_PRIMING_TOKENS
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"'messages[{index}]' must be an object", param="messages")
-        framing += TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if "name" in message else 0)
-        framing += _collect_message(message, texts)
-    tools = body.get("tools")
-    if isinstance(tools, list) and tools:
-        texts.append(json.dumps(tools, separators=(",", ":")))
+    prompt = chat_prompt(body, model)
     max_completion = optional_token_count(body, "max_completion_tokens")
     max_tokens = optional_token_count(body, "max_tokens")
     stream = optional_bool(body, "stream")
@@ -168,8 +153,8 @@ def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
         model=model,
         stream=stream,
         max_output_tokens=max_completion if max_completion is not None else max_tokens,
-        prompt_texts=tuple(texts),
-        framing_tokens=framing,
+        prompt_texts=tuple(prompt.texts),
+        framing_tokens=prompt.fixed,
         rewrites=rewrites,
         hide_usage_event=bool(rewrites),
         # The field the client used; else the one every current chat model accepts
@@ -191,33 +176,3 @@ def _ask_for_usage(body: dict[str, Any]) -> dict[str, Any]:
     if options is not None and options.get("include_usage") is True:
         return {}
     return {"stream_options": {**(options or {}), "include_usage": True}}
-
-
-def _collect_message(message: dict[str, Any], texts: list[str]) -> int:
-    """Append the message's countable text to `texts`; return its fixed-estimate tokens."""
-    extra = 0
-    content = message.get("content")
-    if isinstance(content, str):
-        texts.append(content)
-    elif isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            text = part.get("text")
-            if isinstance(text, str):
-                texts.append(text)
-            elif part.get("type") in ("image_url", "input_image"):
-                extra += TOKENS_PER_IMAGE
-    name = message.get("name")
-    if isinstance(name, str):
-        texts.append(name)
-    calls = message.get("tool_calls") or []
-    if not isinstance(calls, list):
-        raise BadRequest("'tool_calls' must be an array", param="messages")
-    for call in calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            texts.extend(
-                v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str)
-            )
-    return extra

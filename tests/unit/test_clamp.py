@@ -22,7 +22,7 @@ from extproc.quota.costing import Costing
 from tests import envoy_messages as em
 from tests.gate_driver import runtime_for, start, used
 
-PROMPT = 7  # "hello" in one message, with OpenAI's framing
+PROMPT = 8  # "hello" in one message, with OpenAI's framing (the role is a token too)
 
 
 def _policy(*, extra: str = "", tokens: int = 100) -> str:

@@ -36,7 +36,7 @@ metadata: {{name: svc, namespace: team}}
 spec: {{sha256: {hashlib.sha256(b"tg-key").hexdigest()}}}
 """
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
-PROMPT = 7
+PROMPT = 8  # "user" + "hello" + message framing + reply priming
 CORRUPT_GZIP = gzip.compress(b"x")[:10] + b"\xff" * 20  # a gzip header, then an invalid block
 
 

@@ -11,14 +11,13 @@ import pytest
 from extproc._json import decode_object
 from extproc.errors import BadRequest, ClientError, InternalFailure, RateLimited
 from extproc.providers._base import MAX_OUTPUT_TOKENS, ParsedRequest, Usage
-from extproc.providers.openai import (
-    PROVIDER,
+from extproc.providers.openai import PROVIDER, parse_chat_request
+from extproc.providers.openai_prompt import (
     REPLY_PRIMING_TOKENS,
-    TOKENS_PER_IMAGE,
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
-    parse_chat_request,
 )
+from extproc.providers.openai_tools import render_functions
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -28,12 +27,8 @@ def chat(**fields: Any) -> dict[str, Any]:
 
 
 def test_framing_constants() -> None:
-    assert (TOKENS_PER_MESSAGE, TOKENS_PER_NAME, REPLY_PRIMING_TOKENS, TOKENS_PER_IMAGE) == (
-        3,
-        1,
-        3,
-        85,
-    )
+    """The OpenAI cookbook's rule ("How to count tokens with tiktoken")."""
+    assert (TOKENS_PER_MESSAGE, TOKENS_PER_NAME, REPLY_PRIMING_TOKENS) == (3, 1, 3)
     assert MAX_OUTPUT_TOKENS == 1_000_000
 
 
@@ -46,7 +41,7 @@ def test_minimal_request() -> None:
         model="gpt-4o",
         stream=False,
         max_output_tokens=None,
-        prompt_texts=("Hi",),
+        prompt_texts=("user", "Hi"),  # the role is billed too
         framing_tokens=6,  # 3 priming + 3 for the one message
         cap_field="max_completion_tokens",  # accepted by every chat model, reasoning ones too
         body=body,
@@ -82,11 +77,12 @@ def test_each_message_adds_three_tokens() -> None:
         ]
     )
     parsed = parse_chat_request(body)
-    assert parsed.prompt_texts == ("Be brief.", "Hello", "Hi!")
+    assert parsed.prompt_texts == ("system", "Be brief.", "user", "Hello", "assistant", "Hi!")
     assert parsed.framing_tokens == 3 + 3 * 3
 
 
-def test_content_parts_text_and_images() -> None:
+def test_content_parts_text_images_and_unknown_parts() -> None:
+    weird = {"type": "hologram", "hologram": {"data": "..."}}
     body = chat(
         messages=[
             {
@@ -94,17 +90,24 @@ def test_content_parts_text_and_images() -> None:
                 "content": [
                     {"type": "text", "text": "What is in this picture?"},
                     {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
-                    {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+                    {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
                     {"type": "text", "text": "And this one?"},
-                    "not a part",
-                    {"type": "audio", "input_audio": {"data": "..."}},
+                    "a bare string part",
+                    weird,
                 ],
             }
         ]
     )
     parsed = parse_chat_request(body)
-    assert parsed.prompt_texts == ("What is in this picture?", "And this one?")
-    assert parsed.framing_tokens == 6 + 2 * 85
+    assert parsed.prompt_texts == (
+        "user",
+        "What is in this picture?",
+        "And this one?",
+        "a bare string part",
+        json.dumps(weird, separators=(",", ":")),  # unknown: counted by its JSON, not refused
+    )
+    # A URL's size is unknown: the worst case at detail auto (85 + 8 x 170), 85 at low.
+    assert parsed.framing_tokens == 6 + 1445 + 85
 
 
 def test_name_adds_one_token_and_its_text() -> None:
@@ -112,7 +115,7 @@ def test_name_adds_one_token_and_its_text() -> None:
         chat(messages=[{"role": "user", "name": "alice", "content": "hi"}])
     )
     without = parse_chat_request(chat(messages=[{"role": "user", "content": "hi"}]))
-    assert with_name.prompt_texts == ("hi", "alice")
+    assert with_name.prompt_texts == ("user", "hi", "alice")
     assert with_name.framing_tokens == 7
     assert with_name.framing_tokens - without.framing_tokens == 1
 
@@ -139,29 +142,38 @@ def test_tool_call_names_and_arguments_are_counted() -> None:
         ]
     )
     parsed = parse_chat_request(body)
-    assert parsed.prompt_texts == ("Weather?", "get_weather", arguments, "18C")
-    assert parsed.framing_tokens == 3 + 3 * 3
+    assert parsed.prompt_texts == (
+        "user",
+        "Weather?",
+        "assistant",
+        "get_weather",
+        arguments,
+        '"garbage"',  # a function that is not an object: counted as JSON
+        "tool",
+        "18C",
+        "call_1",  # the id, a few tokens more than the name the model sees
+    )
+    assert parsed.framing_tokens == 3 + 3 * 3 + 3  # the call costs 3 more (measured)
 
 
-def test_tools_are_counted_as_compact_json() -> None:
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Weather for a city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-            },
-        }
-    ]
-    parsed = parse_chat_request(chat(tools=tools))
-    assert parsed.prompt_texts == ("Hi", json.dumps(tools, separators=(",", ":")))
-    assert parsed.prompt_texts[1].startswith('[{"type":"function","function":{"name":')
+def test_tools_are_rendered_as_openai_shows_them() -> None:
+    function: dict[str, Any] = {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    parsed = parse_chat_request(chat(tools=[{"type": "function", "function": function}]))
+    assert parsed.prompt_texts == ("user", "Hi", render_functions([function]))
+    assert parsed.prompt_texts[2] == (
+        "namespace functions {\n\n// Weather for a city\ntype get_weather = (_: {\n"
+        "city?: string,\n}) => any;\n\n} // namespace functions"
+    )
+    assert parsed.framing_tokens == 6 + 9  # the tools section, no system message to join
 
 
 def test_empty_or_invalid_tools_add_nothing() -> None:
-    assert parse_chat_request(chat(tools=[])).prompt_texts == ("Hi",)
-    assert parse_chat_request(chat(tools="x")).prompt_texts == ("Hi",)
+    assert parse_chat_request(chat(tools=[])).prompt_texts == ("user", "Hi")
+    assert parse_chat_request(chat(tools="x")).prompt_texts == ("user", "Hi")
 
 
 def test_max_completion_tokens_preferred_over_max_tokens() -> None:

@@ -42,7 +42,7 @@ metadata: {{name: orphan, namespace: nobody}}
 spec: {{sha256: {hashlib.sha256(b"tg-orphan").hexdigest()}}}
 """
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
-PROMPT = 1 + 3 + 3  # "hello" + message framing + reply priming
+PROMPT = 1 + 1 + 3 + 3  # "user" + "hello" + message framing + reply priming
 
 
 @pytest.fixture
@@ -259,7 +259,7 @@ def test_stream_over_budget_is_cut_with_an_error_event_then_reset(runtime: Runti
 
     answers, used = run(scenario())
     passed = [r for r in answers if r == replies.RESPONSE_BODY_CONTINUE]
-    assert len(passed) == 4  # 7 + 4 x 200 = 807 fits; 1007 does not
+    assert len(passed) == 4  # 8 + 4 x 200 = 808 fits; 1008 does not
     cut = answers[4].response_body.response.body_mutation.body
     assert b'"error"' in cut and b"'tokens'" in cut
     assert answers[5].immediate_response.status.code == 429  # Envoy resets both sides
