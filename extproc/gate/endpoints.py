@@ -15,6 +15,9 @@ from typing import Any
 from extproc.providers import ParsedRequest, Provider
 from extproc.providers import anthropic as _anthropic
 from extproc.providers import openai as _openai
+from extproc.providers import openai_completions as _completions
+from extproc.providers import openai_embeddings as _embeddings
+from extproc.providers import openai_responses as _responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,15 @@ ENDPOINTS: dict[str, Endpoint] = {
     ),
     "/v1/messages": Endpoint(
         "messages", _anthropic.PROVIDER, _anthropic.parse_messages_request, "anthropic"
+    ),
+    "/v1/responses": Endpoint(
+        "responses", _responses.PROVIDER, _responses.parse_responses_request, "openai"
+    ),
+    "/v1/completions": Endpoint(
+        "completions", _completions.PROVIDER, _completions.parse_completions_request, "openai"
+    ),
+    "/v1/embeddings": Endpoint(
+        "embeddings", _embeddings.PROVIDER, _embeddings.parse_embeddings_request, "openai"
     ),
 }
 

@@ -51,6 +51,8 @@ _PREFIX_ENCODINGS: tuple[tuple[str, str], ...] = (
     ("text-embedding-3", "cl100k_base"),
     ("text-embedding-ada", "cl100k_base"),
     ("claude", "cl100k_base"),
+    ("davinci-002", "cl100k_base"),  # the legacy completion models tiktoken maps so
+    ("babbage-002", "cl100k_base"),
     ("text-davinci", "p50k_base"),
     ("code-", "p50k_base"),
 )

@@ -83,11 +83,18 @@ def _leak(*names: str) -> tuple[tuple[str, str], ...]:
     return tuple((name, "{leak}") for name in names)
 
 
+RESPONSES = json.dumps({"model": "gpt-4o", "input": "hi"}).encode()
+COMPLETION = json.dumps({"model": "gpt-4o", "prompt": "hi"}).encode()
+EMBEDDING = json.dumps({"model": "gpt-4o", "input": "hi"}).encode()
+
 GOVERNED = [
     Row("chat", _o()),
     Row("messages-x-api-key", _a(), target=ANTHROPIC_PATH, identity=A_KEY),
     Row("messages-bearer", _a(), target=ANTHROPIC_PATH),
     Row("chat-harmless-query", _o(), target=OPENAI_PATH + "?x=1"),
+    Row("responses", _o("/v1/responses"), target="/v1/responses", body=RESPONSES),
+    Row("completions-legacy", _o("/v1/completions"), target="/v1/completions", body=COMPLETION),
+    Row("embeddings", _o("/v1/embeddings"), target="/v1/embeddings", body=EMBEDDING),
 ]
 
 PATHS = [
@@ -166,9 +173,6 @@ OBJECTS = [
     Row("thread-messages", NOT_FOUND_O, method="GET", target="/v1/threads/thread_1/messages"),
     Row("vector-stores", NOT_FOUND_O, method="GET", target="/v1/vector_stores"),
     Row("stored-response", NOT_FOUND_O, method="GET", target="/v1/responses/resp_1"),
-    Row("responses-create", NOT_FOUND_O, target="/v1/responses"),
-    Row("completions-legacy", NOT_FOUND_O, target="/v1/completions"),
-    Row("embeddings", NOT_FOUND_O, target="/v1/embeddings"),
     Row("uploads", NOT_FOUND_O, target="/v1/uploads"),
     Row("organization-users", NOT_FOUND_O, method="GET", target="/v1/organization/users"),
     Row("admin-keys", NOT_FOUND_O, method="GET", target="/v1/organization/admin_api_keys"),

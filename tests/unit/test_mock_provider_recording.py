@@ -112,7 +112,9 @@ def test_counts_per_path_and_tag() -> None:
         (post("/v1/messages", None, method="DELETE"), 405),
         (post("/v1/files/file-1", None, method="PUT"), 405),
         (post("/v1/organization/users", None, method="GET"), 404),
-        (post("/v1/responses", CHAT), 404),
+        (post("/v1/batches", CHAT), 404),
+        (post("/v1/responses", CHAT), 400),  # a chat body: no `input`, `messages` unknown
+        (post("/v1/responses", CHAT, method="GET"), 405),
     ],
 )
 def test_refused_requests_are_recorded_too(request_: Request, status: int) -> None:

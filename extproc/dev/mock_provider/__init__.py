@@ -1,8 +1,10 @@
 """OpenAI- and Anthropic-compatible mock LLM provider (see `provider.MockProvider`).
 
 Modules: `http` (HTTP/1.1 server) and `parser` (request framing); `router` (endpoints, auth,
-scripting via `script`); `openai` / `anthropic` (wire formats); `text` (deterministic answers
-with known token counts); `recorder` (what was received, counters).
+scripting via `script`); `openai` (chat) / `responses` / `completions` / `anthropic` (wire
+formats of the generation endpoints), `objects` (models, files, token counting, and
+`embeddings`); `text` (deterministic answers with known token counts); `recorder` (what was
+received, counters).
 """
 
 from extproc.dev.mock_provider.provider import MockProvider, run

@@ -81,7 +81,7 @@ class AnthropicDialect:
     def completion_body(self, c: Completion, *, omit_usage: bool) -> bytes:
         body = _message(c, text=c.text, stop_reason=_stop(c))
         if not omit_usage:
-            body["usage"] = _usage(c.prompt_tokens, c.completion_tokens)
+            body["usage"] = _usage(c, c.completion_tokens)
         return dumps(body).encode()
 
     def stream_events(
@@ -89,7 +89,7 @@ class AnthropicDialect:
     ) -> Generator[bytes, None, None]:
         start = _message(c, text=None, stop_reason=None)
         if send_usage:
-            start["usage"] = _usage(c.prompt_tokens, 1)
+            start["usage"] = _usage(c, 1)
         yield _event("message_start", {"type": "message_start", "message": start})
         block = {"type": "content_block_start", "index": 0, "content_block": _EMPTY_TEXT}
         yield _event("content_block_start", block)
@@ -121,11 +121,12 @@ def _message(c: Completion, *, text: str | None, stop_reason: str | None) -> dic
     }
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+def _usage(c: Completion, output_tokens: int) -> dict[str, int]:
+    """Anthropic's `input_tokens` exclude the tokens read from the cache."""
     return {
-        "input_tokens": input_tokens,
+        "input_tokens": c.prompt_tokens - c.cached_tokens,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": c.cached_tokens,
         "output_tokens": output_tokens,
     }
 

@@ -34,9 +34,12 @@ class ApiError(Exception):
 class ParsedRequest:
     """What the mock needs from a validated request body, independent of the provider.
 
-    `overhead` is the dialect's fixed per-message token cost, so prompt tokens are
+    `overhead` is the dialect's fixed per-message token cost (and any tokens not given as
+    text: token arrays, a previous response's context), so prompt tokens are
     `sum(count(t) for t in texts) + overhead` for every provider. `include_usage` says whether
     a stream reports usage (OpenAI: `stream_options.include_usage`; Anthropic: always).
+    `choices` completions are returned and `generated` (at least as many) are billed: chat's
+    and legacy completions' `n`, legacy `best_of`, times a legacy batch of prompts.
     """
 
     model: str
@@ -45,6 +48,8 @@ class ParsedRequest:
     include_usage: bool
     texts: tuple[str, ...]
     overhead: int
+    choices: int = 1
+    generated: int = 1
 
     def prompt_tokens(self, encoding: str) -> int:
         return sum(count(t, encoding) for t in self.texts) + self.overhead
@@ -52,7 +57,13 @@ class ParsedRequest:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One generated answer with its exact token accounting."""
+    """One generated answer with its exact token accounting.
+
+    `words` is the first returned choice, `others` the rest (`n` > 1). `completion_tokens`
+    is everything billed: every generated choice's words and its hidden reasoning
+    (`reasoning_tokens`, all choices together). `cached_tokens` of `prompt_tokens` were
+    read from the provider's prompt cache.
+    """
 
     id: str
     created: int
@@ -61,10 +72,17 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     truncated: bool
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    others: tuple[list[str], ...] = ()
 
     @property
     def text(self) -> str:
         return " ".join(self.words)
+
+    @property
+    def choices(self) -> tuple[list[str], ...]:
+        return (self.words, *self.others)
 
 
 class Dialect(Protocol):
@@ -128,6 +146,16 @@ def positive_int(payload: dict[str, Any], field: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ApiError(400, f"'{field}' must be an integer >= 1")
+    return value
+
+
+def choice_count(payload: dict[str, Any], field: str) -> int:
+    """`n` / `best_of`: completions per prompt, 1 to 128 (OpenAI's bound), 1 when absent."""
+    value = positive_int(payload, field)
+    if value is None:
+        return 1
+    if value > 128:
+        raise ApiError(400, f"'{field}' must be at most 128")
     return value
 
 

@@ -1,8 +1,9 @@
-"""Endpoints beyond generation: models, files, Anthropic's token counter.
+"""Endpoints beyond generation: models, files, Anthropic's token counter, embeddings.
 
-The gateway forwards these only when a policy `Route` opens them, so the mock answers them to
-let an e2e test (and `make run`) show an opened route end to end: the client gets the
-provider's answer, the recorder shows what was forwarded. They are stateless: a file "exists"
+The gateway forwards these (but embeddings, which it governs) only when a policy `Route`
+opens them, so the mock answers them to let an e2e test (and `make run`) show an opened
+route end to end: the client gets the provider's answer, the recorder shows what was
+forwarded. They are stateless: a file "exists"
 for any id and deleting it changes nothing; nothing here is a storage simulator.
 
 Paths are matched exactly (`/v1/models/{id}` has one segment after the prefix); anything else
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.dev.mock_provider import embeddings
 from extproc.dev.mock_provider.anthropic import AnthropicDialect
 from extproc.dev.mock_provider.common import ApiError
 from extproc.dev.mock_provider.parser import Request
@@ -114,6 +116,7 @@ _EXACT: dict[str, Endpoint] = {
     "/v1/models": Endpoint(provider="either", answers={"GET": _models}),
     "/v1/files": Endpoint(provider="openai", answers={"GET": _files}),
     "/v1/messages/count_tokens": Endpoint(provider="anthropic", answers={"POST": _count_tokens}),
+    "/v1/embeddings": Endpoint(provider="openai", answers={"POST": embeddings.answer}),
 }
 _ONE: dict[str, Endpoint] = {
     "/v1/models": Endpoint(provider="either", answers={"GET": _model}),

@@ -15,6 +15,7 @@ from extproc.dev.mock_provider.common import (
     Completion,
     ParsedRequest,
     block_texts,
+    choice_count,
     dumps,
     optional_bool,
     positive_int,
@@ -66,6 +67,7 @@ class OpenAIDialect:
         include_usage = _include_usage(payload)
         if payload.get("stream_options") is not None and not stream:
             raise ApiError(400, "'stream_options' is only allowed when 'stream' is enabled")
+        n = choice_count(payload, "n")
         return ParsedRequest(
             model=model,
             stream=stream,
@@ -73,6 +75,8 @@ class OpenAIDialect:
             include_usage=include_usage,
             texts=tuple(texts),
             overhead=3 * len(messages) + 3,
+            choices=n,
+            generated=n,
         )
 
     def error_body(self, status: int, message: str) -> bytes:
@@ -83,12 +87,6 @@ class OpenAIDialect:
         return dumps({"error": error}).encode()
 
     def completion_body(self, c: Completion, *, omit_usage: bool) -> bytes:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": c.text,
-            "refusal": None,
-            "annotations": [],
-        }
         body: dict[str, Any] = {
             "id": c.id,
             "object": "chat.completion",
@@ -96,11 +94,17 @@ class OpenAIDialect:
             "model": c.model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": message,
+                    "index": index,
+                    "message": {
+                        "role": "assistant",
+                        "content": " ".join(words),
+                        "refusal": None,
+                        "annotations": [],
+                    },
                     "logprobs": None,
                     "finish_reason": _finish(c),
                 }
+                for index, words in enumerate(c.choices)
             ],
         }
         if not omit_usage:
@@ -112,7 +116,8 @@ class OpenAIDialect:
     def stream_events(
         self, c: Completion, *, per_chunk: int, send_usage: bool
     ) -> Generator[bytes, None, None]:
-        """SSE `data:` events; the chunk envelope is rendered once, only deltas per event."""
+        """SSE `data:` events; the chunk envelope is rendered once, only deltas per event.
+        Several choices (`n`) stream one after the other, each naming its `index`."""
         head = (
             f'data: {{"id":{dumps(c.id)},"object":"chat.completion.chunk",'
             f'"created":{c.created},"model":{dumps(c.model)},"service_tier":"default",'
@@ -120,17 +125,18 @@ class OpenAIDialect:
         )
         tail = ('],"usage":null}' if send_usage else "]}") + "\n\n"
         role = '{"role":"assistant","content":"","refusal":null}'
-        yield _chunk(head, tail, role, "null")
-        for piece in chunk_texts(c.words, per_chunk):
-            yield _chunk(head, tail, f'{{"content":{dumps(piece)}}}', "null")
-        yield _chunk(head, tail, "{}", f'"{_finish(c)}"')
+        for index, words in enumerate(c.choices):
+            yield _chunk(head, tail, index, role, "null")
+            for piece in chunk_texts(words, per_chunk):
+                yield _chunk(head, tail, index, f'{{"content":{dumps(piece)}}}', "null")
+            yield _chunk(head, tail, index, "{}", f'"{_finish(c)}"')
         if send_usage:
             yield f'{head}],"usage":{dumps(_usage(c))}}}\n\n'.encode()
         yield b"data: [DONE]\n\n"
 
 
-def _chunk(head: str, tail: str, delta: str, finish: str) -> bytes:
-    choice = f'{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}'
+def _chunk(head: str, tail: str, index: int, delta: str, finish: str) -> bytes:
+    choice = f'{{"index":{index},"delta":{delta},"logprobs":null,"finish_reason":{finish}}}'
     return (head + choice + tail).encode()
 
 
@@ -143,9 +149,9 @@ def _usage(c: Completion) -> dict[str, Any]:
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "total_tokens": c.prompt_tokens + c.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": c.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": c.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,

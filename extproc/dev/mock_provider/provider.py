@@ -20,7 +20,8 @@ from extproc.providers.tokens import count, encoding_name_for
 
 
 class MockProvider:
-    """An HTTP/1.1 server speaking OpenAI Chat Completions and Anthropic Messages.
+    """An HTTP/1.1 server speaking OpenAI Chat Completions, Responses, legacy Completions
+    and Embeddings, and Anthropic Messages.
 
     `require_key`, when set, makes every provider request carry exactly one credential header
     with that key (Bearer on OpenAI routes, x-api-key on Anthropic routes), which is how e2e

@@ -37,6 +37,8 @@ CREDENTIAL_NAMES = frozenset(
     }
 )
 CREDENTIAL_SUFFIXES = ("api-key", "api_key", "-token", "_token")
+# Where each API names its completion cap, the first present wins (`max_tokens` summary).
+_MAX_FIELDS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 
 
 def is_credential_header(name: str) -> bool:
@@ -94,7 +96,7 @@ class Recorder:
         fields = payload if isinstance(payload, dict) else {}
         model = fields.get("model")
         options = fields.get("stream_options")
-        max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
+        max_tokens = next((fields[f] for f in _MAX_FIELDS if isinstance(fields.get(f), int)), None)
         self._seq += 1
         body = request.body if len(request.body) <= BODY_CAP else request.body[:BODY_CAP]
         if len(self._items) == self._items.maxlen:

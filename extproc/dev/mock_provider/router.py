@@ -30,13 +30,15 @@ from extproc.dev.mock_provider.common import (
     dumps,
     random_id,
 )
+from extproc.dev.mock_provider.completions import CompletionsDialect
 from extproc.dev.mock_provider.encoding import coding_for, encode
 from extproc.dev.mock_provider.http import Deferred, Reply
 from extproc.dev.mock_provider.openai import OpenAIDialect
 from extproc.dev.mock_provider.parser import HttpError, Request
 from extproc.dev.mock_provider.recorder import Recorder, Stats, is_credential_header
+from extproc.dev.mock_provider.responses import ResponsesDialect
 from extproc.dev.mock_provider.script import DEFAULT, Script, script_from
-from extproc.dev.mock_provider.text import answer_words, plan_length, seed_for
+from extproc.dev.mock_provider.text import answer_words, plan, seed_for
 from extproc.providers.tokens import count, encoding_name_for
 
 OFFLOAD_BYTES = 64 * 1024
@@ -44,7 +46,9 @@ SSE = "text/event-stream; charset=utf-8"
 
 _OPENAI = OpenAIDialect()
 _ANTHROPIC = AnthropicDialect()
-_DIALECTS: dict[str, Dialect] = {d.path: d for d in (_OPENAI, _ANTHROPIC)}
+_DIALECTS: dict[str, Dialect] = {
+    d.path: d for d in (_OPENAI, _ANTHROPIC, ResponsesDialect(), CompletionsDialect())
+}
 _BY_PROVIDER: dict[str, Dialect] = {"openai": _OPENAI, "anthropic": _ANTHROPIC}
 _BAD_JSON = object()
 
@@ -161,19 +165,31 @@ class Router:
 def _complete(
     dialect: Dialect, request: Request, parsed: ParsedRequest, script: Script
 ) -> Completion:
+    """Every generated choice has the same planned length; returned choices differ in
+    words (seeded by the body and the choice's index), generated-only ones (`best_of`) are
+    only billed."""
     encoding = encoding_name_for(parsed.model)
-    length, truncated = plan_length(
-        requested=script.completion_tokens, max_tokens=parsed.max_tokens
+    visible, reasoning, truncated = plan(
+        requested=script.completion_tokens,
+        reasoning=script.reasoning_tokens,
+        max_tokens=parsed.max_tokens,
     )
-    words = answer_words(seed_for(request.body), length)
+    seed = seed_for(request.body)
+    choices = [answer_words(seed + index, visible) for index in range(parsed.choices)]
+    shown = sum(count(" ".join(words), encoding) for words in choices)
+    unreturned = (parsed.generated - parsed.choices) * visible
+    prompt = parsed.prompt_tokens(encoding)
     return Completion(
         id=dialect.new_id(),
         created=int(time.time()),
         model=parsed.model,
-        words=words,
-        prompt_tokens=parsed.prompt_tokens(encoding),
-        completion_tokens=count(" ".join(words), encoding),
+        words=choices[0] if choices else [],
+        prompt_tokens=prompt,
+        completion_tokens=shown + unreturned + parsed.generated * reasoning,
         truncated=truncated,
+        reasoning_tokens=parsed.generated * reasoning,
+        cached_tokens=min(script.cached_tokens, prompt),
+        others=tuple(choices[1:]),
     )
 
 

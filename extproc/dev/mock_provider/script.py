@@ -9,6 +9,12 @@ mock serves many scenarios at once (parallel tests, mixed benchmark load):
     x-mock-chunk-delay-ms: 20     wait between stream chunks
     x-mock-tokens-per-chunk: 3    tokens per streamed content delta (default 3)
     x-mock-omit-usage: 1          no usage in the answer (plain: no `usage`; stream: none ever)
+    x-mock-reasoning-tokens: 500  hidden reasoning tokens per generated choice, billed as
+                                  output and bounded by the completion cap like the visible
+                                  words (reasoning first: a small cap leaves no answer)
+    x-mock-cached-tokens: 100     report this many prompt tokens (at most all) as read from
+                                  the prompt cache (OpenAI `cached_tokens`, Anthropic
+                                  `cache_read_input_tokens`)
     x-mock-content-encoding: gzip compress the answer: gzip | deflate (even when the request
                                   asked for identity), auto (as accept-encoding allows),
                                   identity (see `encoding`)
@@ -38,6 +44,8 @@ class Script:
     tokens_per_chunk: int = DEFAULT_TOKENS_PER_CHUNK
     omit_usage: bool = False
     content_encoding: str | None = None
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
 
 
 DEFAULT = Script()
@@ -56,6 +64,8 @@ def script_from(request: Request) -> Script:
         tokens_per_chunk=DEFAULT_TOKENS_PER_CHUNK if per_chunk is None else per_chunk,
         omit_usage=_flag(request, "x-mock-omit-usage"),
         content_encoding=_choice(request, "x-mock-content-encoding", MODES),
+        reasoning_tokens=_int(request, "x-mock-reasoning-tokens", 0, MAX_COMPLETION_TOKENS) or 0,
+        cached_tokens=_int(request, "x-mock-cached-tokens", 0, MAX_COMPLETION_TOKENS) or 0,
     )
 
 

@@ -79,7 +79,18 @@ def plan_length(*, requested: int | None, max_tokens: int | None) -> tuple[int, 
     The wanted length is `requested` (the `x-mock-completion-tokens` header) or
     `DEFAULT_COMPLETION_TOKENS`; a smaller `max_tokens` wins and marks the answer truncated.
     """
+    visible, _, truncated = plan(requested=requested, reasoning=0, max_tokens=max_tokens)
+    return visible, truncated
+
+
+def plan(*, requested: int | None, reasoning: int, max_tokens: int | None) -> tuple[int, int, bool]:
+    """(visible tokens, reasoning tokens, truncated) of one choice.
+
+    As the providers do, the cap bounds reasoning and answer together and a model reasons
+    first: reasoning takes up to the whole cap, the visible answer what is left.
+    """
     wanted = DEFAULT_COMPLETION_TOKENS if requested is None else requested
-    if max_tokens is not None and max_tokens < wanted:
-        return max_tokens, True
-    return wanted, False
+    if max_tokens is None:
+        return wanted, reasoning, False
+    thought = min(reasoning, max_tokens)
+    return min(wanted, max_tokens - thought), thought, reasoning + wanted > max_tokens
