@@ -27,7 +27,7 @@ from extproc.gate.runtime import Runtime
 from extproc.providers import ParsedRequest
 from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
 from extproc.quota import Reservation
-from extproc.quota.clamp import fit_within, per_choice, room_after
+from extproc.quota.clamp import at_minimum, fit_within, per_choice, room_after
 from extproc.quota.costing import Costing
 
 MAX_CLAMP_TRIES = 4  # a refusal per token/dollar limit at most; then the 429 stands
@@ -127,13 +127,21 @@ class GovernedProcessor(Processor):
         if not parsed.generates:
             want = part = 0
         clamp = policy.clamp_completion and parsed.generates
+        floor = max(policy.min_completion_tokens, parsed.min_cap)
         decision = await self.decide(tenant, costing.estimate(prompt, part * times))
         for _ in range(MAX_CLAMP_TRIES):
             if decision.refusal is None:
                 break
             fit = fit_within(decision.refusal, costing, completion=part * times) if clamp else None
-            if fit is None or per_choice(fit, times) < policy.min_completion_tokens:
+            if fit is None:
                 break
+            if per_choice(fit, times) < floor:  # not even a minimal answer: say what it needs
+                raise self.refused(
+                    tenant,
+                    at_minimum(
+                        decision.refusal, costing, completion=part * times, minimum=floor * times
+                    ),
+                )
             want = part = min(part, per_choice(fit, times))
             decision = await self.decide(tenant, costing.estimate(prompt, part * times))
         if decision.refusal is not None:

@@ -35,6 +35,9 @@ class ParsedRequest:
     cap_field: str | None = "max_tokens"
     # Completions generated per request (`n`, `best_of`): each may reach the cap.
     completion_multiplier: int = 1
+    # The smallest cap the API accepts (the Responses API refuses `max_output_tokens` < 16):
+    # clamping never writes less.
+    min_cap: int = 1
     # The decoded request body, for `body_with`.
     body: Mapping[str, Any] = field(default_factory=dict)
 

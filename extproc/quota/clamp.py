@@ -12,6 +12,7 @@ round trip when the request fits, and one more reserve per limit that refuses ot
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from extproc.policy.model import Measure
 from extproc.quota.costing import Costing
@@ -50,6 +51,20 @@ def fit_within(refusal: Refusal, costing: Costing, *, completion: int) -> int | 
         completion if measure is Measure.TOKENS else costing.estimate(0, completion).usd_micros
     )
     return _completion_tokens(measure, room - prompt_part, costing) if room > prompt_part else -1
+
+
+def at_minimum(refusal: Refusal, costing: Costing, *, completion: int, minimum: int) -> Refusal:
+    """The refusal restated for the smallest answer worth sending, so the 429 says what even
+    that needs (not what the first, larger ask needed)."""
+    measure = refusal.scoped.limit.measure
+    if measure is Measure.TOKENS:
+        needed = refusal.needed - completion + minimum
+    elif measure is Measure.USD:
+        extra = costing.estimate(0, minimum).usd_micros - costing.estimate(0, completion).usd_micros
+        needed = refusal.needed + extra
+    else:
+        return refusal
+    return replace(refusal, needed=needed)
 
 
 def per_choice(total: int, multiplier: int) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from extproc.dev.stack import LocalStack
 from tests.e2e.forwarding import api_key_documents, gateway_keys, start_gateway
@@ -58,7 +59,7 @@ def _openai(stack: LocalStack, namespace: str) -> openai.OpenAI:
     )
 
 
-HELLO: list[dict[str, str]] = [{"role": "user", "content": "hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def test_n_completions_share_the_budget(gateway: LocalStack) -> None:
@@ -67,10 +68,10 @@ def test_n_completions_share_the_budget(gateway: LocalStack) -> None:
     api = _openai(gateway, "ov-n")
     with pytest.raises(openai.RateLimitError):
         api.chat.completions.create(
-            model="gpt-4o", messages=HELLO, n=50, max_tokens=200,  # type: ignore[arg-type]
+            model="gpt-4o", messages=HELLO, n=50, max_tokens=200,
         )  # fmt: skip
     answer = api.chat.completions.create(
-        model="gpt-4o", messages=HELLO, n=20, max_tokens=200,  # type: ignore[arg-type]
+        model="gpt-4o", messages=HELLO, n=20, max_tokens=200,
         extra_headers={"x-mock-completion-tokens": "200"},
     )  # fmt: skip
     assert answer.usage is not None and len(answer.choices) == 20
@@ -87,7 +88,7 @@ def test_requests_naming_no_max_stay_within_the_budget(gateway: LocalStack) -> N
     for _ in range(3):
         try:
             answer = api.chat.completions.create(
-                model="gpt-4o", messages=HELLO,  # type: ignore[arg-type]
+                model="gpt-4o", messages=HELLO,
                 extra_headers={"x-mock-completion-tokens": "1000"},
             )  # fmt: skip
         except openai.RateLimitError:
@@ -106,7 +107,7 @@ def test_hidden_reasoning_tokens_cannot_outrun_the_budget(gateway: LocalStack) -
     for _ in range(5):
         try:
             stream = api.chat.completions.create(
-                model="gpt-4o", messages=HELLO, stream=True,  # type: ignore[arg-type]
+                model="gpt-4o", messages=HELLO, stream=True,
                 stream_options={"include_usage": True},
                 extra_headers={"x-mock-completion-tokens": "20", "x-mock-reasoning-tokens": "1000"},
             )  # fmt: skip

@@ -113,8 +113,18 @@ def test_only_when_not_even_a_minimal_answer_fits_is_it_429() -> None:
     _, reply = run(_send(rt, _chat(max_tokens=500)))
     body = json.loads(reply.immediate_response.body)
     assert reply.immediate_response.status.code == 429
-    assert "Request too large for limit 'tokens'" in body["error"]["message"]
+    # The refusal names what even the minimal answer needs, not the first, larger ask.
+    assert f"it needs {PROMPT + 16} but the limit is {PROMPT + 15}" in body["error"]["message"]
     assert _used_tokens(rt) == 0  # the refused retries left nothing behind
+
+
+@pytest.mark.usefixtures("vocab")
+def test_a_spent_budget_says_how_much_was_used() -> None:
+    rt = runtime_for(_policy(tokens=100))
+    run(_send(rt, _chat(max_tokens=80)))  # 8 + 80 held
+    _, reply = run(_send(rt, _chat()))  # 12 left: less than a minimal answer
+    message = json.loads(reply.immediate_response.body)["error"]["message"]
+    assert f"used {PROMPT + 80}, requested {PROMPT + 16}" in message
 
 
 @pytest.mark.usefixtures("vocab")
@@ -122,6 +132,19 @@ def test_the_minimal_answer_is_a_policy_field() -> None:
     rt = runtime_for(_policy(tokens=PROMPT + 15, extra="  minCompletionTokens: 10\n"))
     _, reply = run(_send(rt, _chat(max_tokens=500)))
     assert _sent(reply)["max_tokens"] == 15
+
+
+@pytest.mark.usefixtures("vocab")
+def test_the_cap_never_goes_below_what_the_api_accepts() -> None:
+    """The Responses API refuses `max_output_tokens` under 16, whatever the policy says."""
+
+    def respond(budget: int) -> Any:
+        rt = runtime_for(_policy(tokens=budget, extra="  minCompletionTokens: 1\n"))
+        processor, _ = run(start(rt, em.request_headers("tg-key", path="/v1/responses")))
+        return run(processor.on_request_body(em.body({"model": "gpt-4o", "input": "hello"})))
+
+    assert _sent(respond(40))["max_output_tokens"] >= 16  # room for more than 16: capped
+    assert respond(20).immediate_response.status.code == 429  # under 16 left: refused
 
 
 @pytest.mark.usefixtures("vocab")
