@@ -63,9 +63,12 @@ _ENVOY_REPLIES: tuple[tuple[int | range, dict[str, Any] | None, str, str, str, s
      "The service-account token was rejected (%RESPONSE_CODE_DETAILS%)."),
     (403, None, "invalid_request_error", "token_not_allowed", "permission_error",
      "The service-account token is not allowed here (%RESPONSE_CODE_DETAILS%)."),
+    # Envoy cannot tell whether the sidecar failed before or after letting the request
+    # through, so neither can this message: it must not invite a blind retry that pays twice.
     (503, None, "api_error", "gateway_unavailable", "overloaded_error",
-     "The tokengate policy sidecar is unavailable; the request was not forwarded "
-     "(the gateway fails closed)."),
+     "The tokengate policy sidecar failed while handling this request (the gateway fails "
+     "closed). If that happened after the request was let through, it may have reached the "
+     "provider: look up request id %REQ(X-REQUEST-ID)% before retrying."),
     (400, None, "invalid_request_error", "invalid_request", "invalid_request_error",
      "The gateway refused a malformed request (%RESPONSE_CODE_DETAILS%)."),
     (431, None, "invalid_request_error", "request_too_large", "request_too_large",
@@ -86,9 +89,17 @@ def _anthropic_body(error_type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
 
 
+# Every reply Envoy makes names the request id it logged, so a client can have it looked up.
+_REQUEST_ID = {
+    "header": {"key": "x-request-id", "value": "%REQ(X-REQUEST-ID)%"},
+    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+}
+
+
 def _mapper(filters: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
     return {
         "filter": {"and_filter": {"filters": filters}},
+        "headers_to_add": [_REQUEST_ID],
         "body_format_override": {"json_format": body, "content_type": "application/json"},
     }
 

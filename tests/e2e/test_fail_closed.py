@@ -27,8 +27,13 @@ def test_sidecar_down_fails_closed_with_a_clear_error(own_stack: LocalStack, tag
     with pytest.raises(openai.InternalServerError) as refused:
         api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "down"}])
     assert refused.value.status_code == 503
-    assert "sidecar is unavailable" in refused.value.message
+    assert "sidecar failed while handling this request" in refused.value.message
     assert refused.value.code == "gateway_unavailable"
+    # Honest: Envoy cannot tell before from after, so the message never says "not forwarded";
+    # it names the request id to look up (the one Envoy logged beside the request).
+    request_id = refused.value.response.headers.get("x-request-id")
+    assert "not forwarded" not in refused.value.message
+    assert request_id and f"look up request id {request_id}" in refused.value.message
     assert len(mock_records(own_stack, tag)) == 1  # only the call made while it was up
     own_stack.start_sidecar()  # comes back on the same port: Envoy recovers by itself
     recovered = api.chat.completions.create(

@@ -45,7 +45,7 @@ static_resources:
               # No query string (a key sent as `?key=` is never logged), no header.
               log_format:
                 text_format_source:
-                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %PATH(NQ)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% up=%UPSTREAM_CLUSTER% %DURATION%ms\n"
+                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %PATH(NQ)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% up=%UPSTREAM_CLUSTER% %DURATION%ms id=%REQ(X-REQUEST-ID)%\n"
           local_reply_config:
             mappers: {{ .Files.Get "files/local-reply-mappers.json" | trim }}
           route_config:
