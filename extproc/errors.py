@@ -26,6 +26,11 @@ classes that exist (every subclass drawn, under its real parent, in its real mod
     │                            never answered as itself; the server logs it and answers
     │                            InternalFailure, a command fails with its stack
     ├── QuotaStoreError        the quota store could not be reached or answered nonsense
+    │   ├── StoreTimeout (extproc.quota.deadline)   no answer within --store-timeout of
+    │   │                        running time: the store is slow or gone (opens the breaker)
+    │   └── LoopStarved (extproc.quota.deadline)   no answer within the wall cap, this
+    │                            process's event loop starved most of it: overload, not
+    │                            the store (the call's fail mode applies, the breaker stays)
     ├── SSEError (extproc.providers.sse)   an upstream stream we cannot read (an event over
     │                            1 MiB): the answer still flows, governance of it stops
     ├── KubeApiError (extproc.kube.policysync._kubeapi)   policy-sync: the API server is

@@ -6,8 +6,12 @@ Fail modes (per policy, `spec.failMode`):
   provider-format 503 naming the cause;
 - `open`: a local in-process limiter keeps enforcing the same limits, per sidecar.
 
-Bounded delay: Redis calls time out after `redis.DEFAULT_TIMEOUT_S` (250 ms). The first
-failure opens the breaker; from then on requests skip Redis entirely except one probe per
+Bounded delay: Redis calls time out after `redis.DEFAULT_TIMEOUT_S` (250 ms) of time the
+event loop could run (`deadline.py`): a call that is late only because this process got no
+CPU (a busy node, CFS throttling) is not a store failure. Past its wall cap (2 s) such a call
+raises `LoopStarved`: that one request gets its fail mode (fail-closed: a 503 saying the
+gateway is overloaded), and the breaker stays shut. The first store failure opens the
+breaker; from then on requests skip Redis entirely except one probe per
 `probe_interval_s` (1 s), whose success closes the breaker again — Redis coming back is
 noticed without a restart, and an outage costs at most one timeout per probe interval
 instead of one per request (no retry storm). Every transition is logged and counted.
@@ -37,6 +41,7 @@ from dataclasses import replace
 from extproc.errors import QuotaStoreError, Unavailable
 from extproc.policy.model import FailMode
 from extproc.quota.backends.memory import MemoryBackend
+from extproc.quota.deadline import LoopStarved
 from extproc.quota.store import (
     DEFAULT_MAX_IN_FLIGHT,
     Cost,
@@ -54,6 +59,16 @@ log = logging.getLogger(__name__)
 LOCAL = "local"
 SHARED = "shared"
 MAX_QUEUED_SETTLEMENTS = 100_000
+# What a fail-closed caller is told when no decision came: the store's fault, or this
+# process's (its event loop starved past the wall cap, see deadline.py).
+UNREACHABLE = (
+    "The quota store is unreachable and this namespace's policy fails closed; "
+    "the request was not forwarded. Retry shortly."
+)
+OVERLOADED = (
+    "The gateway is overloaded and could not reach a quota decision in time; "
+    "the request was not forwarded. Retry shortly."
+)
 
 
 class FailoverStore(QuotaStore):
@@ -125,10 +140,15 @@ class FailoverStore(QuotaStore):
     ) -> Decision:
         if self._shared is None:
             return await self._local.reserve(request_id, limits, cost)
+        refusal = UNREACHABLE
         async with self._slots:
             if self._try_shared():
                 try:
                     decision = await self._shared.reserve(request_id, limits, cost)
+                except LoopStarved as exc:
+                    self._starved(exc)
+                    refusal = OVERLOADED
+                    self._void(request_id, limits)
                 except QuotaStoreError as exc:
                     self._mark(False, str(exc))
                     self._void(request_id, limits)
@@ -138,7 +158,14 @@ class FailoverStore(QuotaStore):
                 else:
                     self._mark(True)
                     return _tagged(decision, SHARED)
-        return _tagged(await self._fallback(request_id, limits, cost, fail_mode), LOCAL)
+        decision = await self._fallback(request_id, limits, cost, fail_mode, refusal=refusal)
+        return _tagged(decision, LOCAL)
+
+    def _starved(self, exc: LoopStarved) -> None:
+        """This process, not the store, was too slow: logged, the breaker left alone."""
+        log.warning("quota store call given up, the event loop was starved: %s", exc)
+        if self._events is not None:
+            self._events.publish(Event("loop_starved", str(exc)))
 
     def _void(self, request_id: str, limits: Sequence[ScopedLimit]) -> None:
         """A reserve whose answer never came may still have been run by Redis (it timed out,
@@ -153,14 +180,18 @@ class FailoverStore(QuotaStore):
         self._queue(void, Cost())
 
     async def _fallback(
-        self, request_id: str, limits: Sequence[ScopedLimit], cost: Cost, fail_mode: FailMode
+        self,
+        request_id: str,
+        limits: Sequence[ScopedLimit],
+        cost: Cost,
+        fail_mode: FailMode,
+        *,
+        refusal: str = UNREACHABLE,
     ) -> Decision:
+        """`refusal`: what a fail-closed caller is told."""
         self._metrics.fail_mode_decisions.labels(fail_mode.value).inc()
         if fail_mode is FailMode.CLOSED:
-            raise Unavailable(
-                "The quota store is unreachable and this namespace's policy fails closed; "
-                "the request was not forwarded. Retry shortly."
-            )
+            raise Unavailable(refusal)
         return await self._local.reserve(request_id, limits, cost)
 
     async def debit(
@@ -168,15 +199,19 @@ class FailoverStore(QuotaStore):
     ) -> Decision:
         if reservation.origin != SHARED or self._shared is None:
             return await self._local.debit(reservation, extra)
+        refusal = "The quota store became unreachable mid-stream."
         async with self._slots:
             if self._try_shared():
                 try:
                     return _tagged(await self._shared.debit(reservation, extra), SHARED)
+                except LoopStarved as exc:
+                    self._starved(exc)
+                    refusal = "The gateway is overloaded and could not reach a quota decision."
                 except QuotaStoreError as exc:
                     self._mark(False, str(exc))
         self._metrics.fail_mode_decisions.labels(fail_mode.value).inc()
         if fail_mode is FailMode.CLOSED:
-            raise Unavailable("The quota store became unreachable mid-stream.")
+            raise Unavailable(refusal)
         return await self._local.debit(reservation, extra)
 
     async def settle(self, reservation: Reservation, actual: Cost) -> None:
@@ -187,6 +222,8 @@ class FailoverStore(QuotaStore):
             if self._try_shared():
                 try:
                     await self._shared.settle(reservation, actual)
+                except LoopStarved as exc:
+                    self._starved(exc)
                 except QuotaStoreError as exc:
                     self._mark(False, str(exc))
                 except asyncio.CancelledError:  # it may not have landed: settle it again
@@ -216,6 +253,8 @@ class FailoverStore(QuotaStore):
             async with self._slots:
                 try:
                     return await self._shared.peek(limits)
+                except LoopStarved as exc:
+                    self._starved(exc)
                 except QuotaStoreError as exc:
                     self._mark(False, str(exc))
         return await self._local.peek(limits)
@@ -237,6 +276,9 @@ class FailoverStore(QuotaStore):
             try:
                 async with self._slots:
                     await self._shared.settle(reservation, actual)
+            except LoopStarved as exc:  # not the store's fault: try it again
+                self._starved(exc)
+                continue
             except QuotaStoreError as exc:
                 self._mark(False, str(exc))
                 return

@@ -8,6 +8,21 @@ to *reserve* an estimated cost against every limit that applies to a caller (all
 nothing), to *debit* more while a stream runs, and to *settle* once at the end, replacing
 what was reserved by the true cost. Settling is idempotent per request id, so a retried
 settle never double-counts.
+
+How a reservation ends (work that may have been billed is never refunded):
+- its owner settles it: the true cost replaces the reservation; leases come back;
+- its owner voids it (a settle of nothing: the reserve's answer never reached the sidecar,
+  so the request was not forwarded): all it took comes back; a void that overtakes its
+  reserve makes that reserve take nothing;
+- its owner never speaks again — the sidecar process died (its liveness in the shared store
+  ran out: `--instance-ttl`, see backends/redis_liveness.py) or, last resort, its lease ran
+  out (`--lease-ttl`): its leases come back, and it stays charged as recorded (the estimate
+  plus any stream debits). A reservation in the store counts as forwarded: the reserve is
+  the last step before forwarding, and one whose answer was lost is voided by its owner.
+  Only a sidecar killed between Redis running a reserve and reading its answer (or with
+  its void still queued) leaves an unforwarded request charged: at most one estimate per
+  request in flight at that instant. Should the owner come back after all, its late settle
+  or void still applies, exactly once.
 """
 
 from __future__ import annotations

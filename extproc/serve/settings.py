@@ -51,6 +51,9 @@ class ServeSettings:
     # Quota store: how long an unsettled reservation lives, how long a Redis call may take,
     # how often a store that failed is probed.
     lease_ttl_s: float = 600.0
+    # How long a sidecar process may go without renewing its liveness in the shared store
+    # before the others release its concurrency leases (charging its reservations).
+    instance_ttl_s: float = 10.0
     store_timeout_s: float = 0.25
     probe_interval_s: float = 1.0
     # Quota-store calls in flight per worker (its Redis connections); more wait for a slot.
@@ -93,8 +96,11 @@ class ServeSettings:
                 f"--quota-store must be 'memory' or a URL ({', '.join(_STORE_SCHEMES)}), "
                 f"got {self.quota_store!r}"
             )
-        if self.lease_ttl_s <= 0 or self.store_timeout_s <= 0 or self.probe_interval_s <= 0:
-            raise ConfigError("--lease-ttl, --store-timeout and --probe-interval must be > 0")
+        if min(self.lease_ttl_s, self.instance_ttl_s, self.store_timeout_s,
+               self.probe_interval_s) <= 0:  # fmt: skip
+            raise ConfigError(
+                "--lease-ttl, --instance-ttl, --store-timeout and --probe-interval must be > 0"
+            )
         if self.store_connections < 1:
             raise ConfigError("--store-connections must be at least 1")
         if self.max_body_bytes < 1024:
@@ -152,13 +158,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--lease-ttl",
         type=float,
         default=float(_env("LEASE_TTL", "600")),
-        help="seconds before an unsettled reservation is given back",
+        help="seconds before an unsettled reservation ends (its lease released, its cost "
+        "kept): the last resort; see --instance-ttl",
+    )
+    parser.add_argument(
+        "--instance-ttl",
+        type=float,
+        default=float(_env("INSTANCE_TTL", "10")),
+        help="seconds a sidecar process may miss renewing its liveness in the shared store "
+        "before any other releases its concurrency leases (renewed every third of it)",
     )
     parser.add_argument(
         "--store-timeout",
         type=float,
         default=float(_env("STORE_TIMEOUT", "0.25")),
-        help="seconds a quota-store call may take before the fail mode applies",
+        help="seconds a quota-store call may take before the fail mode applies; time this "
+        "process's event loop was starved does not count (up to 8x this in all)",
     )
     parser.add_argument(
         "--store-connections",
@@ -226,6 +241,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         ready_file=Path(args.ready_file) if args.ready_file else None,
         log_level=args.log_level.upper(),
         lease_ttl_s=args.lease_ttl,
+        instance_ttl_s=args.instance_ttl,
         store_timeout_s=args.store_timeout,
         store_connections=args.store_connections,
         probe_interval_s=args.probe_interval,

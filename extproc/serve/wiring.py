@@ -11,6 +11,7 @@ from extproc.policy.prices import load_price_table
 from extproc.providers import tokens
 from extproc.quota import MemoryBackend
 from extproc.quota.backends.redis import RedisBackend, connect
+from extproc.quota.backends.redis_liveness import Instance
 from extproc.quota.costing import check_prices
 from extproc.quota.failover import FailoverStore
 from extproc.serve.settings import ServeSettings
@@ -43,7 +44,13 @@ def build_runtime(settings: ServeSettings) -> Runtime:
             max_in_flight=settings.store_connections,
             password=settings.quota_store_password(),
         )
-        shared = RedisBackend(client, lease_ttl_s=settings.lease_ttl_s)
+        shared = RedisBackend(
+            client,
+            lease_ttl_s=settings.lease_ttl_s,
+            timeout_s=settings.store_timeout_s,
+            instance=Instance.new(ttl_s=settings.instance_ttl_s),
+        )
+        shared.start_heartbeat()  # this worker's liveness, until the store is closed
     events = EventBus()
     store = FailoverStore(
         local=MemoryBackend(lease_ttl_s=settings.lease_ttl_s), shared=shared, metrics=metrics,

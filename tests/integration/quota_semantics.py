@@ -88,7 +88,7 @@ class BackendFactory:
             backend = MemoryBackend(clock=clock, lease_ttl_s=lease_ttl_s)
         else:
             client = connect(self.server.url, timeout_s=10.0)
-            backend = RedisBackend(client, lease_ttl_s=lease_ttl_s, clock=clock)
+            backend = RedisBackend(client, lease_ttl_s=lease_ttl_s, timeout_s=10.0, clock=clock)
         try:
             yield backend
         finally:

@@ -133,8 +133,8 @@ class _Model:
     """Reference semantics of the calendar limits and the leases (the bucket and the sliding
     window are held to the other backend instead): a calendar counter is the sum of what
     each reservation counted in the current window -- the estimate, plus debits, corrected
-    to the actual cost by a settle in the same window, or to its requests alone when it
-    expires (a later settle then charges the true cost over that); the lease counter is the
+    to the actual cost by a settle in the same window (an expiry changes no counter: the
+    reservation stays charged as recorded until a late settle); the lease counter is the
     number of open reservations. Expiry happens when the store is next called, as in both
     backends."""
 
@@ -148,9 +148,7 @@ class _Model:
     def expire(self) -> None:
         for entry in self.entries:
             if entry.open and entry.deadline <= self.clock.now:
-                charged = Cost(requests=entry.cost.requests)
-                self._correct(entry, charged)
-                entry.cost, entry.open = charged, False
+                entry.open = False  # the lease comes back; the cost stays as recorded
 
     def close(self, entry: _Entry, actual: Cost) -> None:
         """A settle: once per reservation, open or expired."""
@@ -272,7 +270,7 @@ def test_backends_agree_step_by_step(
                 if op == "advance":
                     clock.now += a
                     continue
-                model.expire()  # both stores give expired reservations back first
+                model.expire()  # both stores end expired reservations first
                 if op == "reserve":
                     await reserve(memory, shared, n, Cost(requests=a, tokens=b, usd_micros=c))
                     continue

@@ -1,7 +1,8 @@
-"""Quota backends, both alike (see quota_semantics.py): a reservation nobody settles expires
-and gives back its tokens and lease but keeps its request; a debit grows a reservation mid-
-stream, all or nothing, renews its lease, and still counts what was delivered after it
-ended."""
+"""Quota backends, both alike (see quota_semantics.py): a reservation nobody settles expires,
+releasing its concurrency lease but staying charged as recorded (the provider may have
+billed it), and its owner's late settle still makes it exact; a debit grows a
+reservation mid-stream, all or nothing, renews its lease, and still counts what was
+delivered after it ended."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tests.integration.quota_semantics import (
 
 
 @pytest.mark.parametrize("algorithm", WINDOWED)
-def test_expired_reservation_gives_back_tokens_and_lease_but_keeps_the_request(
+def test_expired_reservation_releases_its_lease_and_stays_charged_with_its_debits(
     backend_factory: BackendFactory, algorithm: Algorithm
 ) -> None:
     clock = FakeClock(T0)
@@ -35,11 +36,13 @@ def test_expired_reservation_gives_back_tokens_and_lease_but_keeps_the_request(
 
     async def scenario(backend: QuotaStore) -> None:
         a = allowed(await backend.reserve("a", limits, Cost(requests=1, tokens=100)))
-        clock.now = T0 + 29.9
+        clock.now = T0 + 10
+        a = allowed(await backend.debit(a, Cost(tokens=20)))  # a stream: renewed to T0 + 40
+        clock.now = T0 + 39.9
         assert refused(await backend.reserve("b", limits, Cost(1, 5))).scoped == inflight
-        clock.now = T0 + 30  # the deadline: the lease and the tokens come back
+        clock.now = T0 + 40  # the deadline: the lease comes back, the 120 tokens stay
         b = allowed(await backend.reserve("b", limits, Cost(requests=1, tokens=5)))
-        assert await counters(backend, limits) == {"rpd": 2, "daily": 5, "inflight": 1}
+        assert await counters(backend, limits) == {"rpd": 2, "daily": 125, "inflight": 1}
         # ... and its late settle (after an outage) charges its true cost, returns no
         # second lease, and only once.
         await backend.settle(a, Cost(requests=1, tokens=10))
@@ -70,20 +73,23 @@ def test_settled_reservation_is_not_expired_again(backend_factory: BackendFactor
     backend_factory.run(clock, scenario, lease_ttl_s=30)
 
 
-def test_expired_reservations_are_given_back_fifty_per_decision(
+def test_sixty_expiring_together_keep_their_cost_and_free_their_leases(
     backend_factory: BackendFactory,
 ) -> None:
-    """Sixty reservations of a crashed sidecar expire together: each decision gives back at
-    most 50 (so a mass expiry never stalls one Redis script), the next one the rest."""
+    """A crashed sidecar's reservations expire together: every lease comes back at once,
+    every token stays charged. (Their records are ended fifty per decision, so that a mass
+    expiry never stalls one Redis script: see test_quota_memory and test_redis_liveness.)"""
     clock = FakeClock(T0)
     daily = lim("daily", Measure.TOKENS, 10_000, 86400)
+    inflight = lim("inflight", Measure.CONCURRENT, 100, None)
+    limits = [daily, inflight]
 
     async def scenario(backend: QuotaStore) -> None:
         for n in range(60):
-            allowed(await backend.reserve(f"r{n}", [daily], Cost(requests=1, tokens=10)))
+            allowed(await backend.reserve(f"r{n}", limits, Cost(requests=1, tokens=10)))
+        assert await counters(backend, limits) == {"daily": 600, "inflight": 60}
         clock.now = T0 + 30
-        assert await counters(backend, [daily]) == {"daily": 100}
-        assert await counters(backend, [daily]) == {"daily": 0}
+        assert await counters(backend, limits) == {"daily": 600, "inflight": 0}
 
     backend_factory.run(clock, scenario, lease_ttl_s=30)
 
@@ -143,8 +149,8 @@ def test_debit_renews_the_lease(backend_factory: BackendFactory) -> None:
         clock.now = T0 + 40  # past the first deadline, before the renewed one
         assert await counters(backend, limits) == {"daily": 50, "inflight": 1}
         assert refused(await backend.reserve("b", limits, Cost(1, 1))).scoped == inflight
-        clock.now = T0 + 50  # the renewed deadline: everything but the request comes back
-        assert await counters(backend, limits) == {"daily": 0, "inflight": 0}
+        clock.now = T0 + 50  # the renewed deadline: the lease comes back, the cost stays
+        assert await counters(backend, limits) == {"daily": 50, "inflight": 0}
         allowed(await backend.reserve("b", limits, Cost(1, 1)))
 
     backend_factory.run(clock, scenario, lease_ttl_s=30)
@@ -164,15 +170,14 @@ def test_debit_after_the_reservation_ended_still_counts_what_is_delivered(
         if ending == "settled":
             await backend.settle(reservation, Cost(requests=1, tokens=40))
         else:
-            clock.now += 30  # expired: its 40 tokens are given back
-        before = 40 if ending == "settled" else 0
+            clock.now += 30  # expired: its lease comes back, its 40 tokens stay charged
         grown = allowed(await backend.debit(reservation, Cost(tokens=10)))
         assert grown.cost == Cost(1, 50)
         # counted, and no lease comes back to life
-        assert await counters(backend, limits) == {"tpm": before + 10, "inflight": 0}
+        assert await counters(backend, limits) == {"tpm": 50, "inflight": 0}
         await backend.settle(grown, Cost(requests=1, tokens=5))
         # settled: nothing left to settle; expired: the late settle makes it exact
-        after = before + 10 if ending == "settled" else 5
+        after = 50 if ending == "settled" else 5
         assert await counters(backend, limits) == {"tpm": after, "inflight": 0}
         assert refused(await backend.debit(grown, Cost(tokens=100))).scoped == tpm
 

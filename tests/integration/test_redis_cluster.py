@@ -1,6 +1,6 @@
 """The Redis backend on a real three-node Redis Cluster: a caller's keys share one slot
-(hash tag per namespace), namespaces spread over the nodes, and scripts reload after
-SCRIPT FLUSH on every node."""
+(hash tag per namespace), namespaces spread over the nodes, scripts reload after
+SCRIPT FLUSH on every node, and a dead instance's leases come back on every slot."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from redis.asyncio.cluster import RedisCluster
 from extproc.policy.model import Algorithm, Limit, Measure
 from extproc.quota import Cost, Scope, ScopedLimit
 from extproc.quota.backends.redis import RedisBackend, connect
+from extproc.quota.backends.redis_liveness import Instance
+from tests.integration.quota_semantics import T0, FakeClock
 from tests.redis_server import RedisClusterNodes
 
 
@@ -40,7 +42,7 @@ def test_every_namespace_is_governed_atomically_on_its_own_slot(
     namespaces = [f"team-{i}" for i in range(12)]
 
     async def scenario() -> None:
-        backend = RedisBackend(connect(cluster.url, timeout_s=2.0), lease_ttl_s=600)
+        backend = RedisBackend(connect(cluster.url, timeout_s=2.0), lease_ttl_s=600, timeout_s=2.0)
         admin = RedisCluster.from_url(cluster.url.replace("+cluster", ""))
         slots = {admin.keyslot(limits(ns)[0].base_key) for ns in namespaces}
         assert len(slots) > 1  # the namespaces really live in different slots
@@ -58,5 +60,39 @@ def test_every_namespace_is_governed_atomically_on_its_own_slot(
             await backend.settle(after.reservation, Cost(1, 10))
         await backend.aclose()
         await admin.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_instance_is_recovered_on_every_slot_and_its_heartbeat_spans_the_nodes(
+    cluster: RedisClusterNodes,
+) -> None:
+    """Liveness lives in each namespace's own slot: the heartbeat renews it on every node
+    (one pipeline), and each namespace's script recovers the dead instance's leases."""
+    namespaces = [f"live-{i}" for i in range(8)]
+    clock = FakeClock(T0)
+
+    def sidecar(name: str) -> RedisBackend:
+        return RedisBackend(connect(cluster.url, timeout_s=2.0), lease_ttl_s=600,
+                            timeout_s=2.0, clock=clock, instance=Instance(id=name))  # fmt: skip
+
+    async def scenario() -> None:
+        a, b = sidecar("a"), sidecar("b")
+        for ns in namespaces:
+            assert (await a.reserve(f"{ns}-a", limits(ns), Cost(1, 10))).allowed
+        assert a.liveness is not None
+        clock.now = T0 + 8
+        assert await a.liveness.renew() == len(namespaces)  # until T0 + 18, on every node
+        clock.now = T0 + 17.9
+        for ns in namespaces:
+            refusal = (await b.reserve(f"{ns}-b", limits(ns), Cost(1, 10))).refusal
+            assert refusal is not None and refusal.scoped.limit.name == "inflight"
+        clock.now = T0 + 18
+        for ns in namespaces:
+            after = await b.reserve(f"{ns}-b", limits(ns), Cost(1, 10))
+            assert after.reservation is not None
+            assert [s.used for s in after.states][1:] == [20, 2, 1]  # a's 10 tokens stay
+        await a.aclose()
+        await b.aclose()
 
     asyncio.run(scenario())

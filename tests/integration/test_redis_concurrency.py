@@ -26,7 +26,7 @@ ROUNDS = 60
 async def _caller(url: str, seed: int) -> tuple[int, int, int]:
     """(admitted, refused, sum of true costs) for one caller's rounds."""
     rng = random.Random(seed)
-    backend = RedisBackend(connect(url, timeout_s=5.0), lease_ttl_s=600)
+    backend = RedisBackend(connect(url, timeout_s=5.0), lease_ttl_s=600, timeout_s=5.0)
     admitted = refused = spent = 0
     for i in range(ROUNDS):
         estimate = rng.randint(20, 120)

@@ -35,7 +35,8 @@ def proxy(server: RedisServer, tmp_path: Path) -> Iterator[ReplyHoldingProxy]:
 
 async def warm_store(proxy: ReplyHoldingProxy, metrics: Metrics, timeout_s: float) -> FailoverStore:
     """A store through the proxy, its script loaded (the reserve is then one EVALSHA)."""
-    shared = RedisBackend(connect(proxy.url, timeout_s=timeout_s), lease_ttl_s=600)
+    shared = RedisBackend(connect(proxy.url, timeout_s=timeout_s), lease_ttl_s=600,
+                          timeout_s=timeout_s)  # fmt: skip
     store = FailoverStore(local=MemoryBackend(lease_ttl_s=600), shared=shared, metrics=metrics,
                        probe_interval_s=0.05)  # fmt: skip
     warm = (await store.reserve("warm", LIMITS, Cost(1), FailMode.CLOSED)).reservation

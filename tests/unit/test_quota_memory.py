@@ -60,6 +60,25 @@ def test_open_reservations_until_settled_released_or_expired() -> None:
     asyncio.run(scenario())
 
 
+def test_expired_reservations_are_ended_fifty_per_decision() -> None:
+    """A mass expiry never stalls one decision: fifty per call, the next call the rest."""
+    clock = FakeClock(T0)
+
+    async def scenario() -> None:
+        backend = MemoryBackend(clock=clock, lease_ttl_s=30)
+        for n in range(60):
+            assert (await backend.reserve(f"r{n}", [DAILY], Cost(1, 10))).allowed
+        clock.now = T0 + 30
+        await backend.peek([DAILY])  # reads only: ends nothing
+        assert backend.open_reservations() == 60
+        await backend.reserve("x", [DAILY], Cost(1, 10))
+        assert backend.open_reservations() == 60 - 50 + 1
+        await backend.reserve("y", [DAILY], Cost(1, 10))
+        assert backend.open_reservations() == 2
+
+    asyncio.run(scenario())
+
+
 def test_aclose_forgets_open_reservations() -> None:
     async def scenario() -> None:
         backend = MemoryBackend(clock=FakeClock(T0))

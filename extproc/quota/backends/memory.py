@@ -12,6 +12,7 @@ import heapq
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from extproc.policy.model import Algorithm, FailMode, Limit
 from extproc.quota.limiter import decide, need_of, states
@@ -19,9 +20,11 @@ from extproc.quota.meters import Bucket, Calendar, Leases, Meter, new_meter
 from extproc.quota.store import Cost, Decision, LimitState, QuotaStore, Reservation
 from extproc.quota.windows import ScopedLimit
 
-# A reservation nobody settles (a sidecar that crashed, a lost stream) is given back after
-# this long: its concurrency lease and its tokens. A stream's debits renew it; a settle that
-# arrives later still charges the true cost.
+# A reservation nobody settles (a sidecar that crashed, a lost stream) ends after this long:
+# its concurrency lease comes back, its cost stays charged as recorded (the estimate plus
+# stream debits: the provider may have billed it). A stream's debits renew it; a settle that
+# arrives later still replaces that by the true cost. (In a fleet, a dead sidecar's
+# reservations end sooner, when its liveness runs out: see backends/redis_liveness.py.)
 DEFAULT_LEASE_TTL_S = 600.0
 EXPIRE_BATCH = 50
 MAX_EXPIRED_REMEMBERED = 100_000
@@ -49,7 +52,8 @@ class MemoryBackend(QuotaStore):
         self._meters: dict[str, Meter] = {}  # limit key -> its meter
         self._open: dict[str, tuple[Reservation, float]] = {}  # id -> (it, lease deadline)
         self._deadlines: list[tuple[float, str]] = []
-        self._expired: dict[str, Reservation] = {}  # given back, awaiting a late settle
+        self._expired: dict[str, Reservation] = {}  # ended, awaiting a late settle
+        self._unheld: dict[str, None] = {}  # settled without a reservation (see settle)
 
     def _meter(self, scoped: ScopedLimit) -> Meter:
         """The limit's meter, following the limit as it is now: a reload or an extra-quota
@@ -75,6 +79,9 @@ class MemoryBackend(QuotaStore):
         now = self._clock()
         self._expire(now)
         meters = [self._meter(s) for s in limits]
+        if request_id in self._unheld:  # settled (voided) before it ran: takes nothing
+            held = Reservation(request_id, tuple(limits), tuple(0 for _ in limits), cost)
+            return Decision(held, None, states(limits, meters, now))
         needs = [need_of(s, cost) for s in limits]
         refusal = decide(limits, meters, needs, now)
         if refusal is not None:
@@ -133,9 +140,13 @@ class MemoryBackend(QuotaStore):
             self._correct(held[0], actual, now)
             return
         expired = self._expired.pop(reservation.request_id, None)
-        if expired is not None:  # a late settle: the true cost replaces what was given back
+        if expired is not None:  # a late settle: the true cost replaces what was recorded
             self._correct(expired, actual, now)
-        # else: settled already; settling twice must not count twice
+            return
+        # Settled already (settling twice must not count twice), or the void of a reserve
+        # whose answer never came and which has not run: remembered, so that it takes
+        # nothing if it still comes (as the Redis script's tombstone).
+        self._remember(self._unheld, reservation.request_id, None)
 
     def _correct(self, reservation: Reservation, actual: Cost, now: float) -> None:
         for scoped, window in zip(reservation.limits, reservation.windows, strict=True):
@@ -148,25 +159,30 @@ class MemoryBackend(QuotaStore):
                 meter.give(window, delta, now)
 
     def _expire(self, now: float) -> None:
-        """Give back expired reservations, at most `EXPIRE_BATCH` per call (as the Redis
-        script does, so that a burst of expiries never stalls one decision)."""
-        given_back = 0
-        while self._deadlines and self._deadlines[0][0] <= now and given_back < EXPIRE_BATCH:
+        """End expired reservations, at most `EXPIRE_BATCH` per call (as the Redis script
+        does, so that a burst of expiries never stalls one decision): leases released, the
+        cost kept as recorded (work that may have been billed is never refunded)."""
+        ended = 0
+        while self._deadlines and self._deadlines[0][0] <= now and ended < EXPIRE_BATCH:
             deadline, request_id = heapq.heappop(self._deadlines)
             held = self._open.get(request_id)
             if held is not None and held[1] == deadline:  # not renewed since
-                given_back += 1
+                ended += 1
                 del self._open[request_id]
-                charged = Cost(requests=held[0].cost.requests)
-                self._correct(held[0], charged, now)
-                self._remember_expired(replace(held[0], cost=charged))
+                self._correct(held[0], held[0].cost, now)  # no delta: the leases only
+                self._remember_expired(held[0])
 
     def _remember_expired(self, reservation: Reservation) -> None:
-        """Kept (bounded) so that a settle arriving after the lease ran out still charges
-        the true cost — as the Redis script keeps the marked record."""
-        self._expired[reservation.request_id] = reservation
-        while len(self._expired) > MAX_EXPIRED_REMEMBERED:
-            self._expired.pop(next(iter(self._expired)))
+        """Kept (bounded) so that a settle arriving after the lease ran out still replaces
+        the recorded cost by the true one (a void: by nothing), as the Redis script keeps
+        the marked record."""
+        self._remember(self._expired, reservation.request_id, reservation)
+
+    @staticmethod
+    def _remember(memory: dict[str, Any], request_id: str, value: Any) -> None:
+        memory[request_id] = value
+        while len(memory) > MAX_EXPIRED_REMEMBERED:
+            memory.pop(next(iter(memory)))
 
     async def peek(self, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
         now = self._clock()

@@ -4,19 +4,25 @@
 -- lease); the shared backend suite holds both to identical answers.
 --
 -- KEYS[1]  the reservation record   tg:{ns:N}:res:<request id>   (hash)
--- KEYS[2]  the namespace's open set  tg:{ns:N}:open               (zset id -> deadline)
--- KEYS[3..] one key per limit, in the order of the limits
--- Every key carries the namespace hash tag, so all of them live in one Cluster slot.
--- Expired reservations of the namespace are swept from KEYS[2]; their records and limit keys
--- are named in the records themselves (same slot, by the hash tag).
+-- KEYS[2]  the namespace's open set  tg:{ns:N}:open               (zset id -> lease deadline)
+-- KEYS[3]  the namespace's instances tg:{ns:N}:inst               (zset instance -> liveness
+--          deadline); tg:{ns:N}:inst:<instance> indexes that instance's open reservations
+-- KEYS[4..] one key per limit, in the order of the limits
+-- Every key carries the namespace hash tag, so all of them live in one Cluster slot. Records
+-- and index keys the script names itself (expired or orphaned reservations) share the tag.
 --
 -- ARGV[1] op: reserve | debit | settle | peek ARGV[2] now override ("" = server TIME)
 -- ARGV[3] request id                          ARGV[4] lease TTL seconds
--- ARGV[5] the limits, `;`-separated, each 8 `,`-separated values (one argument instead of
---   8 per limit: packing arguments is most of the client's cost per call):
+-- ARGV[5] the limits, `;`-separated, each 7 `,`-separated values (one argument instead of
+--   7 per limit: packing arguments is most of the client's cost per call):
 --   kind (B bucket, S sliding, C calendar, L lease), amount, period s, need (settle: the
---   actual amount), calendar start, calendar end, end of the next calendar window, and
---   1 when the limit counts requests (kept when an expired reservation is given back)
+--   actual amount), calendar start, calendar end, end of the next calendar window
+-- ARGV[6] the calling sidecar instance ("" = none: no liveness kept)
+-- ARGV[7] its liveness TTL seconds: every call renews it in this namespace
+--
+-- Answer of reserve / debit / peek: ok, worst limit, retry after, (used, reset after) per
+-- limit, then how many reservations of dead instances this call closed. settle: 1 when it
+-- applied a record, 0 when there was none (settled already).
 
 if redis.replicate_commands then redis.replicate_commands() end
 
@@ -159,37 +165,45 @@ local function give(kind, key, cap, period, window, delta, id)
   end
 end
 
--- A reservation record, applied with `actual` amounts. With `actual` nil (the lease
--- expired) everything but the requests is given back, and the record stays, marked, with
--- what is still charged: a settle that arrives late (after an outage) then charges the true
--- cost instead of being lost. Only a settle deletes a record, so settling stays idempotent.
-local function close(record_key, id, actual)
-  local r = redis.call('HGETALL', record_key)
+local record_key, open_key, inst_key = KEYS[1], KEYS[2], KEYS[3]
+local me, instance_ttl = ARGV[6], tonumber(ARGV[7])
+
+-- A reservation record, applied with `actual` amounts (a settle by its owner: the record is
+-- deleted). With `actual` nil the reservation ended without its owner's word (its lease ran
+-- out, or its owner instance stopped renewing): it may have been billed, so it stays charged
+-- as recorded (estimate plus stream debits), its concurrency leases are released, and the
+-- record stays, marked, so that a settle still coming from an owner that was only cut off
+-- replaces it by the true cost (or, a void, by nothing), once.
+local function close(key, id, actual)
+  local r = redis.call('HGETALL', key)
   if #r == 0 then return 0 end
   local f = {}
   for i = 1, #r, 2 do f[r[i]] = r[i + 1] end
-  if not actual and f.x == '1' then return 0 end
+  if f.x == 'v' or (not actual and f.x == '1') then return 0 end
   for i = 1, tonumber(f.n) do
     local p = 'l' .. i
     local kind, reserved = f[p .. 'd'], tonumber(f[p .. 'a'])
-    local amount = 0
-    if actual then amount = actual[i] elseif f[p .. 'r'] == '1' then amount = reserved end
-    give(kind, f[p .. 'k'], tonumber(f[p .. 'm']), tonumber(f[p .. 'p']),
-      tonumber(f[p .. 'w']), amount - reserved, id)
-    if not actual then redis.call('HSET', record_key, p .. 'a', amount) end
+    if actual then
+      give(kind, f[p .. 'k'], tonumber(f[p .. 'm']), tonumber(f[p .. 'p']),
+        tonumber(f[p .. 'w']), actual[i] - reserved, id)
+    elseif kind == 'L' then
+      redis.call('ZREM', f[p .. 'k'], id)
+    end
   end
+  if f.o then redis.call('ZREM', inst_key .. ':' .. f.o, id) end
   if actual then
-    redis.call('DEL', record_key)
+    redis.call('DEL', key)
   else
-    redis.call('HSET', record_key, 'x', 1)
+    redis.call('HSET', key, 'x', 1)
   end
   return 1
 end
 
-local function sweep(open_key, record_key)
-  local prefix = string.sub(record_key, 1, #record_key - #request_id)
-  -- Bounded, so that a crashed sidecar's thousands of reservations never make one script
-  -- block Redis: at most 50 are given back per call (MemoryBackend does the same).
+-- Bounded, so that a crashed sidecar's thousands of reservations never make one script
+-- block Redis: at most 50 are closed per call by each sweep (MemoryBackend does the same).
+local prefix = string.sub(record_key, 1, #record_key - #request_id)
+
+local function sweep_expired()
   local expired = redis.call('ZRANGEBYSCORE', open_key, '-inf', fmt(now), 'LIMIT', 0, 50)
   for _, id in ipairs(expired) do
     close(prefix .. id, id, nil)
@@ -197,27 +211,58 @@ local function sweep(open_key, record_key)
   end
 end
 
-local record_key, open_key = KEYS[1], KEYS[2]
-sweep(open_key, record_key)
+-- Instances whose liveness ran out: their open reservations in this namespace are closed as
+-- above, by whichever sidecar calls first (atomically: this is one script).
+local function sweep_dead()
+  local closed = 0
+  local dead = redis.call('ZRANGEBYSCORE', inst_key, '-inf', fmt(now), 'LIMIT', 0, 8)
+  for _, who in ipairs(dead) do
+    local index = inst_key .. ':' .. who
+    local ids = redis.call('ZRANGE', index, 0, 49 - closed)
+    for _, id in ipairs(ids) do
+      close(prefix .. id, id, nil)
+      redis.call('ZREM', index, id)
+      redis.call('ZREM', open_key, id)
+    end
+    closed = closed + #ids
+    if redis.call('EXISTS', index) == 0 then redis.call('ZREM', inst_key, who) end
+    if closed >= 50 then break end
+  end
+  return closed
+end
+
+if me ~= '' then redis.call('ZADD', inst_key, fmt(now + instance_ttl), me) end
+local recovered = sweep_dead()
+sweep_expired()
 
 local function limit_args(i)
   local f = specs[i]
-  return f[1], KEYS[2 + i], tonumber(f[2]), tonumber(f[3]),
+  return f[1], KEYS[3 + i], tonumber(f[2]), tonumber(f[3]),
     tonumber(f[4]), tonumber(f[5]), tonumber(f[6]), tonumber(f[7])
 end
 
+-- A settle that finds no record (a retried settle, or the void of a reserve whose answer
+-- never came and which has not run yet) leaves a tombstone (x = 'v') for the lease TTL: the
+-- reserve, should it still arrive (it sat in a socket while Redis was frozen), takes nothing.
 if op == 'settle' then
   local actual = {}
   for i = 1, n do actual[i] = tonumber(specs[i][4]) end
   local done = close(record_key, request_id, actual)
   redis.call('ZREM', open_key, request_id)
+  if done == 0 and redis.call('EXISTS', record_key) == 0 then
+    redis.call('HSET', record_key, 'x', 'v')
+    redis.call('PEXPIRE', record_key, math.ceil(ttl * 1000))
+  end
   return done
 end
 
 -- A debit for a reservation that already ended (settled, or expired) still counts what
 -- is being delivered, but has no record or lease left to grow.
-local exists = op == 'reserve' or redis.call('EXISTS', record_key) == 1
-local live = op == 'reserve' or (exists and redis.call('HGET', record_key, 'x') ~= '1')
+local mark = false
+if op ~= 'peek' then mark = redis.call('HGET', record_key, 'x') end
+if op == 'reserve' and mark == 'v' then op = 'peek' end  -- settled before it ran: no take
+local exists = op == 'reserve' or (mark ~= 'v' and redis.call('EXISTS', record_key) == 1)
+local live = op == 'reserve' or (exists and mark ~= '1')
 
 -- reserve / debit: check everything first, then take everything (all or nothing) --------
 local used, resets, worst, worst_retry = {}, {}, 0, -1
@@ -232,6 +277,7 @@ local out = {0, worst, fmt(worst_retry)}
 if worst > 0 or op == 'peek' then  -- peek: the states only, nothing taken (control API)
   if op == 'peek' then out[1] = 1 end
   for i = 1, n do out[#out + 1] = used[i]; out[#out + 1] = fmt(resets[i]) end
+  out[#out + 1] = recovered
   return out
 end
 local deadline = now + ttl
@@ -243,7 +289,7 @@ for i = 1, n do
     -- the window is recorded even for a zero need: a stream's debit may fill it later
     if kind ~= 'B' or need > 0 then window = take(kind, key, cap, period, need, c1, c2, c3, deadline) end
     redis.call('HSET', record_key, p .. 'k', key, p .. 'd', kind, p .. 'm', cap, p .. 'p', period,
-      p .. 'w', window, p .. 'a', need, p .. 'r', specs[i][8])
+      p .. 'w', window, p .. 'a', need)
   elseif kind == 'L' then
     if live then
       redis.call('ZADD', key, 'XX', fmt(deadline), request_id)
@@ -262,5 +308,11 @@ if live then
   redis.call('PEXPIRE', record_key, math.ceil(ttl * 1000) + 86400000)
   redis.call('ZADD', open_key, fmt(deadline), request_id)
 end
+if op == 'reserve' and me ~= '' then  -- the reservation belongs to this instance
+  redis.call('HSET', record_key, 'o', me)
+  redis.call('ZADD', inst_key .. ':' .. me, fmt(now), request_id)
+  redis.call('PEXPIRE', inst_key, math.ceil((ttl + instance_ttl) * 1000) + 86400000)
+end
 out[1] = 1
+out[#out + 1] = recovered
 return out
