@@ -1,15 +1,13 @@
-"""Wiring and process model of `tokengate serve`: the ext_proc service, gRPC health,
-Prometheus, and a graceful shutdown that settles every open request before exiting."""
+"""One worker of `tokengate serve`: the ext_proc service, gRPC health, Prometheus, and a
+graceful shutdown that settles every open request before exiting. The processes around it
+(supervision, respawn, the fleet's health and /metrics) are in workers.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -21,15 +19,11 @@ from extproc.control.server import start_control
 from extproc.errors import ConfigError
 from extproc.gate.runtime import Runtime
 from extproc.gate.service import ExternalProcessor
+from extproc.serve.fleet_status import announce_ready
 from extproc.serve.reload import Reloader
 from extproc.serve.settings import ServeSettings
-from extproc.serve.wiring import build_runtime
 
 log = logging.getLogger(__name__)
-
-
-async def serve_settings(settings: ServeSettings) -> None:
-    await serve(settings, build_runtime(settings))
 
 
 async def serve(
@@ -76,14 +70,22 @@ async def serve(
     upkeep = asyncio.get_running_loop().create_task(
         _upkeep(runtime, reloader, settings.reload_interval_s)
     )
-    if on_ready is not None:
-        on_ready(port)
-    else:
-        _announce(settings, port, metrics_port, control[1] if control else None, runtime)
+    # Before the ready signal: a supervisor may send SIGTERM the moment it has it.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    _log_serving(settings, port, metrics_port, runtime)
+    if on_ready is not None:
+        on_ready(port)
+    else:
+        control_port = control[1] if control else None
+        ready: dict[str, object] = {
+            "ext_proc": port,
+            "metrics": metrics_port,
+            "control": control_port,
+        }
+        announce_ready(ready, settings.ready_file)
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", settings.grace_s)
     upkeep.cancel()
@@ -125,11 +127,7 @@ async def _upkeep(runtime: Runtime, reloader: Reloader, interval_s: float) -> No
         await asyncio.sleep(interval_s)
 
 
-def _announce(
-    settings: ServeSettings, port: int, metrics_port: int | None, control_port: int | None,
-    rt: Runtime,
-) -> None:  # fmt: skip
-    ready: dict[str, object] = {"ext_proc": port, "metrics": metrics_port, "control": control_port}
+def _log_serving(settings: ServeSettings, port: int, metrics_port: int | None, rt: Runtime) -> None:
     snapshot = rt.policies.current
     log.info(
         "serving ext_proc on %s:%d, metrics on %s; policy %s (%d namespaces, %d keys); "
@@ -142,15 +140,3 @@ def _announce(
         len(snapshot.keys_by_sha256),
         ", ".join(sorted(rt.credentials.current)) or "no upstream",
     )
-    announce_ready(ready, settings.ready_file)
-
-
-def announce_ready(ready: dict[str, object], ready_file: Path | None) -> None:
-    """The ready signal supervisors wait for: one stdout line, and the file if asked for
-    (written atomically)."""
-    if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(ready_file)
-    sys.stdout.write(f"tokengate ready {json.dumps(ready)}\n")
-    sys.stdout.flush()

@@ -58,6 +58,10 @@ class ServeSettings:
     probe_interval_s: float = 1.0
     # Quota-store calls in flight per worker (its Redis connections); more wait for a slot.
     store_connections: int = 32
+    # Worker supervision: a worker restarted more than this within the window is a crash
+    # loop (health NOT_SERVING, exit 3, so that the kubelet restarts the pod).
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
     price_table: Path | None = None
     # Set for each worker of a multi-worker server: they share the port (SO_REUSEPORT).
     reuse_port: bool = False
@@ -103,6 +107,8 @@ class ServeSettings:
             )
         if self.store_connections < 1:
             raise ConfigError("--store-connections must be at least 1")
+        if self.max_restarts < 0 or self.restart_window_s <= 0:
+            raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
 
@@ -154,6 +160,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--ready-file", default="", help="write the bound ports here as JSON once serving"
     )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--max-restarts", type=int, default=int(_env("MAX_RESTARTS", "5")),
+        help="restarts of one worker within --restart-window before the server gives up "
+        "(health NOT_SERVING, exit 3) so that the kubelet restarts the pod",
+    )  # fmt: skip
+    parser.add_argument(
+        "--restart-window", type=float, default=float(_env("RESTART_WINDOW", "60")),
+        help="seconds over which --max-restarts is counted",
+    )  # fmt: skip
     parser.add_argument(
         "--lease-ttl",
         type=float,
@@ -241,6 +256,8 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         ready_file=Path(args.ready_file) if args.ready_file else None,
         log_level=args.log_level.upper(),
         lease_ttl_s=args.lease_ttl,
+        max_restarts=args.max_restarts,
+        restart_window_s=args.restart_window,
         instance_ttl_s=args.instance_ttl,
         store_timeout_s=args.store_timeout,
         store_connections=args.store_connections,

@@ -119,9 +119,10 @@ class BenchStack:
         return tree(self.floor_pids[target]) if target in self.floor_pids else []
 
     def sidecar_worker_pids(self) -> list[int]:
-        """The processes that serve ext_proc (the supervisor only supervises)."""
-        pids = self.sidecar_pids
-        return pids[1:] if self.options.workers > 1 else pids[:1]
+        """The processes that serve ext_proc: the fork server's children (the supervisor,
+        its fork server and multiprocessing's resource tracker only wait)."""
+        parent = self._children["sidecar"].proc.pid
+        return [p for p in self.sidecar_pids if p != parent and _ppid(p) != parent]
 
     def script_calls(self) -> int:
         """Quota scripts the store has run so far (0 for the in-process store)."""
@@ -189,3 +190,8 @@ class BenchStack:
             child.stop()
         if self._redis is not None:
             self._redis.stop()
+
+
+def _ppid(pid: int) -> int:
+    """The parent of `pid`, from /proc (the field after the command name)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
