@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeGuard
 
-from extproc.errors import BadRequest, ClientError
+from extproc.errors import BadRequest, ClientError, InvariantError
 from extproc.providers._base import (
     NOTHING,
     EventMeaning,
@@ -61,8 +61,10 @@ class OpenAIProvider:
         return b"data: " + self.error_body(error) + b"\n\n"
 
 
-class ChatStreamReader:
-    """Reads `chat.completion.chunk` events: text deltas to count, and the usage chunk."""
+class ChunkStreamReader:
+    """OpenAI's chunk streams (chat and legacy completions): `data: {json}` events ending
+    in `data: [DONE]`, usage in the last chunk only when asked for — and then hidden from a
+    client that did not ask. Subclasses say where a chunk's generated text is."""
 
     def __init__(self, *, hide_usage_event: bool) -> None:
         self._hide_usage_event = hide_usage_event
@@ -78,23 +80,34 @@ class ChatStreamReader:
             return NOTHING
         try:
             chunk = json.loads(event.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return NOTHING  # never break a user's stream over our own parsing
         if not isinstance(chunk, dict):
             return NOTHING
-        texts: list[str] = []
         choices = chunk.get("choices")
-        if isinstance(choices, list):
-            for choice in choices:
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict):
-                    _delta_texts(delta, texts)
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        texts = self.texts(choices if isinstance(choices, list) else [])
+        if isinstance(chunk.get("usage"), dict):
             self.usage = PROVIDER.parse_usage(chunk)
             if self._hide_usage_event and not choices:
-                return EventMeaning(tuple(texts), hide=True)
-        return EventMeaning(tuple(texts)) if texts else NOTHING
+                return EventMeaning(texts, hide=True)
+        return EventMeaning(texts) if texts else NOTHING
+
+    def texts(self, choices: list[Any]) -> tuple[str, ...]:
+        """The generated text in one chunk's `choices`."""
+        raise InvariantError(f"{type(self).__name__} does not say where its text is")
+
+
+class ChatStreamReader(ChunkStreamReader):
+    """`chat.completion.chunk` events: each choice's delta (content, reasoning, refusal,
+    tool calls)."""
+
+    def texts(self, choices: list[Any]) -> tuple[str, ...]:
+        texts: list[str] = []
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                _delta_texts(delta, texts)
+        return tuple(texts)
 
 
 def _delta_texts(delta: dict[str, Any], texts: list[str]) -> None:

@@ -18,13 +18,10 @@ count then includes (an over-count during the stream only: settlement uses the u
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from extproc.errors import BadRequest, ClientError
 from extproc.providers._base import (
-    NOTHING,
-    EventMeaning,
     ParsedRequest,
     Usage,
     optional_bool,
@@ -32,8 +29,7 @@ from extproc.providers._base import (
     require_model,
 )
 from extproc.providers.openai import PROVIDER as OPENAI
-from extproc.providers.openai import optional_choices
-from extproc.providers.sse import Event
+from extproc.providers.openai import ChunkStreamReader, optional_choices
 
 LEGACY_DEFAULT_MAX_TOKENS = 16  # what the API generates when `max_tokens` is absent
 MAX_BATCH = 2048  # prompts (or embedding inputs) in one request, the API's own bound
@@ -65,40 +61,15 @@ class CompletionsProvider:
 PROVIDER = CompletionsProvider()
 
 
-class CompletionStreamReader:
-    """Reads `text_completion` chunks: each choice's `text` to count, and the usage chunk."""
+class CompletionStreamReader(ChunkStreamReader):
+    """`text_completion` chunks: each choice's `text`."""
 
-    __slots__ = ("_hide_usage_event", "usage")
-
-    def __init__(self, *, hide_usage_event: bool) -> None:
-        self._hide_usage_event = hide_usage_event
-        self.usage: Usage | None = None
-
-    @property
-    def reported(self) -> Usage | None:
-        """Usage comes once, in the last chunk: nothing before it."""
-        return self.usage
-
-    def read(self, event: Event) -> EventMeaning:
-        if event.data == "[DONE]":
-            return NOTHING
-        try:
-            chunk = json.loads(event.data)
-        except (ValueError, RecursionError):
-            return NOTHING  # never break a user's stream over our own parsing
-        if not isinstance(chunk, dict):
-            return NOTHING
-        choices = chunk.get("choices")
-        texts = tuple(
+    def texts(self, choices: list[Any]) -> tuple[str, ...]:
+        return tuple(
             choice["text"]
-            for choice in (choices if isinstance(choices, list) else ())
+            for choice in choices
             if isinstance(choice, dict) and isinstance(choice.get("text"), str) and choice["text"]
         )
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = PROVIDER.parse_usage(chunk)
-            if self._hide_usage_event and not choices:
-                return EventMeaning(texts, hide=True)
-        return EventMeaning(texts) if texts else NOTHING
 
 
 def parse_completions_request(body: dict[str, Any]) -> ParsedRequest:
