@@ -14,62 +14,34 @@ import socket
 import threading
 from pathlib import Path
 
+from tests.unix_proxy import UnixProxy, recv
 
-class ReplyHoldingProxy:
+
+class ReplyHoldingProxy(UnixProxy):
     def __init__(self, upstream: Path, directory: Path) -> None:
-        self.upstream = upstream
-        self.socket = directory / "proxy.sock"
+        super().__init__(directory / "proxy.sock", backlog=64)
+        self._upstream = upstream
         self.withheld = threading.Event()
         self._marker = b""
-        self._listener: socket.socket | None = None
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
 
     def hold_reply_to(self, marker: bytes) -> None:
         self.withheld.clear()
         with self._lock:
             self._marker = marker.lower()
 
-    def start(self) -> ReplyHoldingProxy:
-        self.socket.unlink(missing_ok=True)
-        listener = socket.socket(socket.AF_UNIX)
-        listener.bind(str(self.socket))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        return self
+    def upstream(self) -> Path:
+        return self._upstream
 
-    def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-        with self._lock:
-            for sock in self._open:
-                sock.close()
-            self._open.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # stopped
-            server = socket.socket(socket.AF_UNIX)
-            server.connect(str(self.upstream))
-            with self._lock:
-                self._open += [client, server]
-            held = threading.Event()
-            for target in (self._requests, self._replies):
-                threading.Thread(target=target, args=(client, server, held), daemon=True).start()
+    def connected(self, client: socket.socket, server: socket.socket) -> None:
+        held = threading.Event()
+        for target in (self._requests, self._replies):
+            threading.Thread(target=target, args=(client, server, held), daemon=True).start()
 
     def _requests(
         self, client: socket.socket, server: socket.socket, held: threading.Event
     ) -> None:
         tail = b""
-        while data := _recv(client):
+        while data := recv(client):
             seen, tail = (tail + data).lower(), data[-64:].lower()
             with self._lock:
                 if self._marker and self._marker in seen:
@@ -80,19 +52,12 @@ class ReplyHoldingProxy:
         server.close()  # the client went away: so does its Redis connection, as in life
 
     def _replies(self, client: socket.socket, server: socket.socket, held: threading.Event) -> None:
-        while data := _recv(server):
+        while data := recv(server):
             if held.is_set():
                 self.withheld.set()
             elif not _send(client, data):
                 break
         client.close()
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
 
 
 def _send(sock: socket.socket, data: bytes) -> bool:

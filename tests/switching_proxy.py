@@ -17,20 +17,15 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.unix_proxy import UnixProxy, recv
 
-class SwitchingProxy:
+
+class SwitchingProxy(UnixProxy):
     def __init__(self, target: Path, directory: Path) -> None:
-        self.socket = directory / "service.sock"
+        super().__init__(directory / "service.sock", backlog=128)
         self._target = target
-        self._lock = threading.Lock()
         self._connections: Counter[Path] = Counter()
         self._readonly_replies = 0
-        self._listener: socket.socket | None = None
-        self._open: list[socket.socket] = []
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
 
     def switch(self, target: Path) -> None:
         with self._lock:
@@ -46,43 +41,14 @@ class SwitchingProxy:
         with self._lock:
             return self._readonly_replies
 
-    def start(self) -> SwitchingProxy:
-        self.socket.unlink(missing_ok=True)
-        listener = socket.socket(socket.AF_UNIX)
-        listener.bind(str(self.socket))
-        listener.listen(128)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+    def upstream(self) -> Path:
         with self._lock:
-            for sock in self._open:
-                sock.close()
-            self._open.clear()
+            self._connections[self._target] += 1
+            return self._target
 
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # stopped
-            with self._lock:
-                target = self._target
-                self._connections[target] += 1
-            server = socket.socket(socket.AF_UNIX)
-            try:
-                server.connect(str(target))
-            except OSError:
-                client.close()
-                server.close()
-                continue
-            with self._lock:
-                self._open += [client, server]
-            threading.Thread(target=_pipe, args=(client, server, None), daemon=True).start()
-            threading.Thread(target=_pipe, args=(server, client, self._count), daemon=True).start()
+    def connected(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=_pipe, args=(client, server, None), daemon=True).start()
+        threading.Thread(target=_pipe, args=(server, client, self._count), daemon=True).start()
 
     def _count(self, replies: bytes) -> None:
         if found := replies.count(_READONLY):
@@ -97,7 +63,7 @@ def _pipe(
     source: socket.socket, sink: socket.socket, watch: Callable[[bytes], None] | None
 ) -> None:
     tail = b""
-    while data := _recv(source):
+    while data := recv(source):
         if watch is not None:
             # a reply may be split across reads: the seam is looked at once, a whole
             # marker never twice (the tail kept is one byte shorter than the marker)
@@ -108,10 +74,3 @@ def _pipe(
         except OSError:
             break
     sink.close()  # one side went away: so does the other, as in life
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
