@@ -101,7 +101,7 @@ def test_one_megabyte_single_character_prompt_is_counted_while_others_flow(
         small = [_ok_call(stack, tag) for _ in range(10)]
         results = [b.result() for b in bigs]
     for prompt_tokens, _ in results:
-        assert prompt_tokens == 125_000 + 3 + 3  # what the provider reported
+        assert prompt_tokens == 125_000 + 1 + 3 + 3  # what the provider reported (role too)
     slowest_big = max(elapsed for _, elapsed in results)
     assert max(small) < slowest_big / 2, (small, slowest_big)
 

@@ -19,8 +19,12 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 
 
 def expected_prompt_tokens(messages: list[ChatCompletionMessageParam], encoding: str) -> int:
-    # OpenAI's framing: 3 tokens per message, 3 to prime the reply.
-    return sum(tokens.count(str(m.get("content")), encoding) + 3 for m in messages) + 3
+    # OpenAI's billing: 3 tokens per message + its role + its content, 3 to prime the reply.
+    return (
+        sum(tokens.count(str(m["role"]), encoding) + tokens.count(str(m.get("content")), encoding)
+            + 3 for m in messages)
+        + 3
+    )  # fmt: skip
 
 
 def test_governed_call_succeeds_with_correct_usage(stack: LocalStack, tag: str) -> None:

@@ -23,7 +23,7 @@ from tests.waiting import wait_until
 LONG = "366d"
 BUDGETS = {"ov-n": 500, "ov-nomax": 2000, "ov-reasoning": 2000, "ov-gone": 2000, "ov-claude": 500}
 KEYS = gateway_keys(BUDGETS)
-HELLO_PROMPT = 1 + 3 + 3  # "hello" + OpenAI message framing + reply priming
+HELLO_PROMPT = 1 + 1 + 3 + 3  # "user" + "hello" + OpenAI message framing + reply priming
 
 
 def _policies() -> str:

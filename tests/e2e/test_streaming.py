@@ -24,7 +24,7 @@ from tests.e2e.harness import (
 )
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
-HELLO_PROMPT = 1 + 3 + 3  # "hello" + OpenAI message framing + reply priming
+HELLO_PROMPT = 1 + 1 + 3 + 3  # "user" + "hello" + OpenAI message framing + reply priming
 CLAUDE_HELLO_PROMPT = 1 + 3  # "hello" + Anthropic message framing (cl100k)
 
 
@@ -125,9 +125,7 @@ def test_openai_stream_over_budget_raises_api_error_and_charges_what_was_deliver
         client(stack, "tg-stream-budget", tag).chat.completions.create(
             model="gpt-4o", messages=HELLO
         )
-    # A cut stream never got the usage chunk: it settles on the gateway's own prompt count,
-    # which bills the role token as OpenAI does (the mock's count leaves it out).
-    assert f"used {HELLO_PROMPT + 1 + delivered}," in refused.value.message
+    assert f"used {HELLO_PROMPT + delivered}," in refused.value.message
     # The provider was stopped mid-answer (Envoy reset the upstream), not left generating.
     wait_until(lambda: mock_stats(stack)["streams_aborted"] == aborted + 1)
 

@@ -77,4 +77,9 @@ def get_json(srv: ServerThread, path: str) -> Any:
 
 
 def openai_prompt_tokens(encoding: str) -> int:
-    return sum(ntok(m["content"], encoding) for m in MESSAGES) + 3 * len(MESSAGES) + 3
+    """OpenAI's billing: 3 per message + its role + its content, 3 to prime the reply."""
+    return (
+        sum(ntok(m["role"], encoding) + ntok(m["content"], encoding) for m in MESSAGES)
+        + 3 * len(MESSAGES)
+        + 3
+    )

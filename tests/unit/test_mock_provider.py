@@ -131,7 +131,8 @@ def test_openai_prompt_tokens_formula() -> None:
     }
     parsed = OpenAIDialect().parse(payload)
     expected = ntok("You are terse.", "cl100k_base") + ntok("Hello world", "cl100k_base")
-    assert parsed.prompt_tokens("cl100k_base") == expected + 3 * 3 + 3
+    roles = sum(ntok(role, "cl100k_base") for role in ("system", "user", "assistant"))
+    assert parsed.prompt_tokens("cl100k_base") == expected + roles + 3 * 3 + 3  # as billed
     assert (parsed.model, parsed.stream, parsed.max_tokens) == ("gpt-4", False, None)
 
 

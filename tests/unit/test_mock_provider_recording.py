@@ -200,7 +200,9 @@ def test_plain_answer_and_error_compressed_even_when_identity_was_asked() -> Non
     ident = ("accept-encoding", "identity")
     reply = reply_of(r, post("/v1/chat/completions", CHAT, gz, ident))
     assert ("content-encoding", "gzip") in reply.headers
-    assert json.loads(gzip.decompress(reply.body))["usage"]["prompt_tokens"] == 7
+    assert (
+        json.loads(gzip.decompress(reply.body))["usage"]["prompt_tokens"] == 8
+    )  # "user" + "hi" + 3 + 3
     error = reply_of(r, post("/v1/messages", CLAUDE, gz, ("x-mock-status", "529")))
     assert error.status == 529
     assert json.loads(gzip.decompress(error.body))["error"]["type"] == "overloaded_error"

@@ -140,7 +140,10 @@ def test_router_answer_has_exact_usage_and_scripted_length() -> None:
     content = answer["choices"][0]["message"]["content"]
     assert ntok(content, "o200k_base") == 10 == answer["usage"]["completion_tokens"]
     assert answer["choices"][0]["finish_reason"] == "length"
-    assert answer["usage"]["prompt_tokens"] == ntok("hi", "o200k_base") + 3 + 3
+    assert (
+        answer["usage"]["prompt_tokens"]
+        == ntok("user", "o200k_base") + ntok("hi", "o200k_base") + 3 + 3
+    )
     assert stats.requests == 1
     again = json.loads(reply_of(r, request(body=body, headers=[])).body)
     assert again["choices"][0]["message"]["content"] == content  # same body, same answer

@@ -59,6 +59,7 @@ class OpenAIDialect:
         for message in messages:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise ApiError(400, "each message must be an object with a 'role'")
+            texts.append(message["role"])  # billed too: OpenAI's 3 + role + content
             texts.extend(block_texts(message.get("content")))
         max_tokens = positive_int(payload, "max_completion_tokens")
         if max_tokens is None:
