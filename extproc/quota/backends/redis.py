@@ -29,6 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from extproc.errors import QuotaStoreError
 from extproc.policy.model import Algorithm, FailMode
+from extproc.quota.backends.redis_batch import DEFAULT_STALL_S, ScriptBatch
 from extproc.quota.backends.redis_liveness import Heartbeat, Instance, Liveness
 from extproc.quota.deadline import STARVED_WALL_FACTOR, LoopLag
 from extproc.quota.limiter import need_of
@@ -111,6 +112,13 @@ class RedisBackend(QuotaStore):
         is for tests only; in service the script uses the server's TIME."""
         self._client = client
         self._script = client.register_script(SCRIPT)
+        # Group commit (redis_batch.py) on a single Redis; a Cluster client calls directly.
+        stall_s = min(timeout_s, DEFAULT_STALL_S)
+        self._batch = (
+            None
+            if isinstance(client, RedisCluster)
+            else ScriptBatch(client, SCRIPT, stall_s=stall_s)
+        )
         self._lease_ttl_s = lease_ttl_s
         self._timeout_s = timeout_s
         self._lag = lag if lag is not None else LoopLag()
@@ -211,6 +219,8 @@ class RedisBackend(QuotaStore):
         async with self._lag.deadline(self._timeout_s):
             for attempt in range(_READONLY_RETRIES + 1):
                 try:
+                    if self._batch is not None:
+                        return await self._batch.call(keys, args)
                     return await self._script(keys=keys, args=args)
                 except redis_errors.ResponseError as exc:
                     if not _readonly(exc) or attempt == _READONLY_RETRIES:
