@@ -131,7 +131,12 @@ def _worker(settings: ServeSettings, ready: Connection, lifeline: Connection, in
         await serve(settings, build_runtime(settings), on_ready=ready.send)
 
     try:
-        asyncio.run(main())
+        if settings.event_loop == "uvloop":
+            import uvloop  # noqa: PLC0415
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
     except ConfigError as exc:
         sys.stderr.write(f"tokengate: {exc}\n")
         sys.exit(2)

@@ -36,8 +36,11 @@ spec: {{sha256: {hashlib.sha256(b"tg-solo").hexdigest()}}}
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
 
 
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterator[int]:
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def sidecar(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path
+) -> Iterator[int]:
+    """Served on each event loop `--event-loop` offers (uvloop is the default)."""
     root = tmp_path_factory.mktemp("sidecar")
     (root / "policies").mkdir()
     (root / "policies" / "solo.yaml").write_text(POLICY)
@@ -54,6 +57,8 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterat
         str(root / "policies"),
         "--vocab-dir",
         str(vocab_dir),
+        "--event-loop",
+        request.param,
     ]
     child = Child(
         "sidecar",

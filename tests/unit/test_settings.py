@@ -68,3 +68,13 @@ def test_several_directories_make_one_snapshot_with_distinct_sources(tmp_path: P
     (tmp_path / "b" / "p.yaml").write_text(policy.format(ns="team-a"))
     with pytest.raises(ConfigError, match="team-a"):
         load_directories([tmp_path / "a", tmp_path / "b"])  # one namespace, two policies
+
+
+def test_event_loop_is_uvloop_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKENGATE_EVENT_LOOP", raising=False)
+    assert _settings().event_loop == "uvloop"
+    assert _settings("--event-loop", "asyncio").event_loop == "asyncio"
+    monkeypatch.setenv("TOKENGATE_EVENT_LOOP", "asyncio")
+    assert _settings().event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="--event-loop"):
+        _settings("--event-loop", "trio")
