@@ -92,6 +92,11 @@ class _Answer:
     def _start(self) -> None:
         """What this kind of answer sets up once the upstream answered 2xx."""
 
+    @property
+    def holds(self) -> bool:
+        """Not settled yet."""
+        raise NotImplementedError
+
 
 class PlainAnswer(_Answer):
     """A buffered answer: kept (up to the body limit) until its end, then settled on the
@@ -102,6 +107,10 @@ class PlainAnswer(_Answer):
         self._reservation: Reservation | None = self._admission.reservation
         self._chunks: list[bytes] = []
         self._size = 0
+
+    @property
+    def holds(self) -> bool:
+        return self._reservation is not None
 
     async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         body = msg.body
@@ -167,6 +176,10 @@ class StreamedAnswer(_Answer):
             fail_mode=admission.tenant.policy.fail_mode,
             prompt_tokens=admission.prompt_tokens,
         )
+
+    @property
+    def holds(self) -> bool:
+        return self._budget.open
 
     async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         if self.cut is not None:

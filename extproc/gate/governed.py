@@ -209,6 +209,10 @@ class GovernedProcessor(Processor):
             self.outcome = "ok"
         return reply
 
+    @property
+    def holds(self) -> bool:
+        return self._reservation is not None or (self._answer is not None and self._answer.holds)
+
     async def settle_at_end(self) -> None:
         reservation, self._reservation = self._reservation, None
         if reservation is not None:  # admitted, no answer yet: charged as reserved

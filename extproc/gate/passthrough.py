@@ -62,6 +62,10 @@ class PassthroughProcessor(Processor):
         self.outcome = "passthrough"
         return replies.response_headers_reply(set_headers=self._headers, mode=None)
 
+    @property
+    def holds(self) -> bool:
+        return self._reservation is not None
+
     async def settle_at_end(self) -> None:
         if self._reservation is not None:
             reservation, self._reservation = self._reservation, None

@@ -149,6 +149,16 @@ class Processor(abc.ABC):
         """The stream is over (answered, refused, or the client went away): settle what is
         still held, exactly once, and count the request."""
         await self.settle_at_end()
+        self.count_finished()
+
+    @property
+    def holds(self) -> bool:
+        """Something is still reserved: `finish` has store work to do. When not (a plain
+        answer settles before its last reply), the service counts the request directly
+        instead of starting a settling task per stream."""
+        return True
+
+    def count_finished(self) -> None:
         namespace = self._tenant.namespace if self._tenant else "-"
         self._rt.metrics.requests.labels(
             namespace, self._rt.metrics.model_label(self.model), self.outcome

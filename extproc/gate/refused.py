@@ -35,5 +35,9 @@ class RefusedProcessor(Processor):
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         return replies.RESPONSE_HEADERS_CONTINUE  # never sent: the request went nowhere
 
+    @property
+    def holds(self) -> bool:
+        return False
+
     async def settle_at_end(self) -> None:
         """Nothing was reserved."""

@@ -2,8 +2,9 @@
 
 The first message (the request headers) opens the processor `routes` chooses; every message
 is then handed to it by phase, timed, and answered. When the stream ends — answered, refused,
-or the client gone — settlement runs in a task the shutdown waits for, so a client that
-disconnects mid-request still has its usage settled.
+or the client gone — what is still reserved is settled in a task the shutdown waits for, so
+a client that disconnects mid-request still has its usage settled (a plain answer has
+settled before its last reply: nothing is left, and no task is started).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     yield reply
         finally:
             self._rt.metrics.streams_open.dec()
-            if processor is not None:
+            if processor is not None and not processor.holds:
+                processor.count_finished()
+            elif processor is not None:
                 task = asyncio.get_running_loop().create_task(processor.finish())
                 self.settling.add(task)
                 task.add_done_callback(self._settled)

@@ -205,8 +205,26 @@ def new_meter(limit: Limit, time_zone: str) -> Meter:
     return Calendar(limit.amount, limit, time_zone)
 
 
+_windows: dict[tuple[Limit, str], tuple[int, int]] = {}
+_MAX_WINDOWS = 10_000
+
+
 def calendar_window(limit: Limit, time_zone: str, now: float) -> tuple[int, int]:
-    """[start, end) in unix seconds of the CALENDAR window of `limit` containing `now`."""
+    """[start, end) in unix seconds of the CALENDAR window of `limit` containing `now`.
+    Remembered per limit and zone while `now` stays inside it: the arithmetic (time zone,
+    dates) was 32 us of every in-process quota touch, the lookup is under 1 us."""
+    key = (limit, time_zone)
+    window = _windows.get(key)
+    if window is not None and window[0] <= now < window[1]:
+        return window
+    window = _calendar_window(limit, time_zone, now)
+    if len(_windows) >= _MAX_WINDOWS:
+        _windows.clear()
+    _windows[key] = window
+    return window
+
+
+def _calendar_window(limit: Limit, time_zone: str, now: float) -> tuple[int, int]:
     period = limit.period_s or 1
     if limit.months == 0 and (period < 86400 or period % 86400):
         start = int(now // period) * period
