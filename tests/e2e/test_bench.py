@@ -1,7 +1,8 @@
 """The benchmark's own parts, checked at low load: the load generator counts what Envoy
 served (no more, no less) and reads both framings; the bench stack really governs (every
-request checked and settled, two store round trips); the streaming driver is accepted by
-the real sidecar as a real stream. The numbers themselves come from `make bench`."""
+request checked and settled, two script calls, round trips shared under load); chunks
+through Envoy arrive one per message; the streaming driver is accepted by the real sidecar
+as a real stream. The numbers themselves come from `make bench`."""
 
 from __future__ import annotations
 
@@ -83,9 +84,28 @@ def test_streams_end_by_chunked_framing_with_first_byte_first(driver: Driver) ->
 
 
 def test_governed_requests_are_checked_and_settled_in_two_round_trips(driver: Driver) -> None:
-    assert driver.round_trips(stream=False, requests=100) == 2.0
+    plain = driver.round_trips(stream=False, requests=100)
+    assert plain["script_calls"] == 2.0
+    # Alone, each call is its own trip; two requests' calls in one turn may share one.
+    # (Redis's read count also holds what liveness and the ledger sent meanwhile, taken
+    # out as measured in an idle stretch: that estimate is the tolerance.)
+    assert 1.0 <= plain["round_trips"] <= 2.05
     # A 60-token answer stays under one debit batch: reserve + settle.
-    assert driver.round_trips(stream=True, requests=20) == 2.0
+    assert driver.round_trips(stream=True, requests=20)["script_calls"] == 2.0
+
+
+def test_saturation_shares_round_trips_between_requests(driver: Driver) -> None:
+    trips = driver.saturated_round_trips(Load(16, 1.0, warmup_s=0))
+    # Requests the generator cut at the end of the run may never have reached a reserve.
+    assert 1.9 <= trips["script_calls"] <= 2.0
+    assert trips["round_trips"] < trips["script_calls"]
+
+
+def test_chunks_through_envoy_reach_the_sidecar_one_per_message(driver: Driver) -> None:
+    cost = driver.chunk_cpu(streams=4, connections=4, delay_ms=5)
+    # Merged chunks (Envoy reading several at once) would show as far fewer messages.
+    assert 0.5 <= cost["ext_proc_messages_per_chunk"] <= 1.05
+    assert cost["chunk_cpu_us"] > 0
 
 
 def test_the_streaming_driver_is_a_real_stream_to_the_sidecar(stack: BenchStack) -> None:
@@ -103,9 +123,11 @@ def test_the_streaming_driver_is_a_real_stream_to_the_sidecar(stack: BenchStack)
 
 
 def test_floor_server_answers_like_the_sidecar(driver: Driver, stack: BenchStack) -> None:
-    stack.add_floor("floor-test", "threads", phases=3, unix=True)
+    stack.add_floor("floor-test", "uvloop", phases=3, unix=True)
     result = driver.run("floor-test", Load(4, 60.0, warmup_s=0, rate=100, count=100))
     assert result["requests"] == 100 and result["server_cpu_us_per_request"] > 0
+    gateway = result["gateway_cpu_us_per_request"]
+    assert gateway["total"] == gateway["envoy"] + gateway["server"] and gateway["envoy"] > 0
 
 
 def test_bench_configs_are_valid_envoy_and_differ_only_by_governance(tmp_path: Path) -> None:
@@ -124,6 +146,10 @@ def test_bench_configs_are_valid_envoy_and_differ_only_by_governance(tmp_path: P
         ("bare", configs.bare(8000)),
         ("upstream", configs.upstream(8001)),
         ("unix", configs.over_unix(configs.governed(8000, 9000), tmp_path / "s.sock")),
+        *(
+            (f"trim{i}", configs.trimmed(configs.governed(8000, 9000), trim))
+            for i, trim in enumerate(configs.TRIMS)
+        ),
     ):
         (tmp_path / name).mkdir()
         envoy_validate(config, tmp_path / name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,29 @@ def over_unix(config_text: str, path: Path) -> str:
         if cluster["name"] == "tokengate_ext_proc":
             endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
             endpoint["address"] = {"pipe": {"path": str(path)}}
+    return json.dumps(config, indent=1)
+
+
+def _without_filters(manager: dict[str, Any], *names: str) -> None:
+    manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] not in names]
+
+
+# Features of the governed listener the benchmark prices one by one (behind the floor
+# server, so that only Envoy's share moves): what each costs decides whether it stays.
+TRIMS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "access log": lambda manager: manager.pop("access_log"),
+    "local-reply mappers": lambda manager: manager.pop("local_reply_config"),
+    "header-mutation and compressor filters": lambda manager: _without_filters(
+        manager, "envoy.filters.http.header_mutation", "envoy.filters.http.compressor"
+    ),
+}
+
+
+def trimmed(config_text: str, trim: str) -> str:
+    """The bootstrap with one feature of the listener taken out (`TRIMS`)."""
+    config: dict[str, Any] = json.loads(config_text)
+    TRIMS[trim](config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"])  # fmt: skip
     return json.dumps(config, indent=1)
 
 
@@ -205,12 +229,14 @@ def upstream(mock_port: int) -> str:
     return json.dumps(config, indent=1)
 
 
-def http_request(*, stream: bool) -> bytes:
-    """One chat completion request as raw HTTP/1.1 bytes (what the load generator sends)."""
+def http_request(*, stream: bool, completion_tokens: int = 60, chunk_delay_ms: int = 0) -> bytes:
+    """One chat completion request as raw HTTP/1.1 bytes (what the load generator sends).
+    A streamed one goes to the mock provider, which answers `completion_tokens` tokens, 3 to
+    a chunk, `chunk_delay_ms` apart (apart, each chunk reaches the sidecar on its own)."""
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": 64,
+        "max_tokens": max(64, completion_tokens),
     }
     headers = {
         "host": "bench",
@@ -219,7 +245,9 @@ def http_request(*, stream: bool) -> bytes:
     }
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-        headers |= {MOCK_HEADER: "mock", "x-mock-completion-tokens": "60"}
+        headers |= {MOCK_HEADER: "mock", "x-mock-completion-tokens": str(completion_tokens)}
+        if chunk_delay_ms:
+            headers["x-mock-chunk-delay-ms"] = str(chunk_delay_ms)
     raw = json.dumps(body, separators=(",", ":")).encode()
     headers["content-length"] = str(len(raw))
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())

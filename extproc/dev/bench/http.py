@@ -19,6 +19,9 @@ from extproc.dev.bench.procs import CoreBusy, cpu_seconds, pin_tree
 from extproc.dev.bench.stack import BenchStack
 from extproc.dev.stack import StackError
 
+# Envoy's count of ext_proc messages it sent (the listener's stat prefix is `llm`).
+EXT_PROC_MESSAGES = "http.llm.ext_proc.stream_msgs_sent"
+CHUNKS_SHORT, CHUNKS_LONG = 10, 210
 SUT_SATURATED = 0.95  # the gateway's core at least this busy: it, not the driver, was the limit
 
 
@@ -35,25 +38,28 @@ class Driver:
     """Runs the load generator on the driver core against one of the stack's gateways."""
 
     def __init__(self, loadgen: Path, stack: BenchStack, work_dir: Path) -> None:
-        self._loadgen = loadgen
+        self.loadgen = loadgen
         self.stack = stack
         self._requests = {}
+        self._work_dir = work_dir
         for stream in (False, True):
             path = work_dir / f"request-{'stream' if stream else 'plain'}.http"
             path.write_bytes(configs.http_request(stream=stream))
             self._requests[stream] = path
 
-    def run(self, target: str, load: Load, *, stream: bool = False) -> dict[str, Any]:
+    def run(
+        self, target: str, load: Load, *, stream: bool = False, request: Path | None = None
+    ) -> dict[str, Any]:
         cores = self.stack.cores
         busy = CoreBusy()
-        server = self.stack.server_pids(target)
-        server_cpu = cpu_seconds(server)
+        parts = self.stack.gateway_pids(target)
+        before = {part: cpu_seconds(pids) for part, pids in parts.items()}
         busy.start()
         # Pinned once started, not via preexec_fn (unsafe in a process with threads); the
         # generator's first microseconds may run anywhere, its run is on the driver core.
         proc = subprocess.Popen(
-            [str(self._loadgen), "-p", str(self.stack.ports[target]),
-             "-f", str(self._requests[stream]), "-c", str(load.connections),
+            [str(self.loadgen), "-p", str(self.stack.ports[target]),
+             "-f", str(request or self._requests[stream]), "-c", str(load.connections),
              "-d", str(load.seconds), "-w", str(load.warmup_s), "-r", str(load.rate),
              "-n", str(load.count)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -74,16 +80,66 @@ class Driver:
             "loadgen_core_share": round(result["cpu_seconds"] / wall, 3),
             "limited_by": _limit(sut, driver),
         }
-        if server:
-            used = cpu_seconds(server) - server_cpu
-            result["server_cpu_us_per_request"] = round(used / wall / max(result["rps"], 1) * 1e6)
+        served = max(result["rps"], 1) * wall  # the warm-up ran at the same rate
+        gateway = {
+            part: round((cpu_seconds(pids) - before[part]) / served * 1e6)
+            for part, pids in parts.items()
+        }
+        gateway["total"] = sum(gateway.values())
+        result["gateway_cpu_us_per_request"] = gateway
+        if parts["server"]:
+            result["server_cpu_us_per_request"] = gateway["server"]
         if result["errors"] or result["non_2xx"]:
             raise StackError(f"{target}: failed requests in a benchmark run: {result}")
         return result
 
-    def round_trips(self, *, stream: bool, requests: int) -> float:
-        """Quota-store round trips per request: EVALSHA calls (every quota decision is one
-        script call) divided by the requests the sidecar served and settled.
+    def chunk_cpu(self, *, streams: int, connections: int, delay_ms: int) -> dict[str, Any]:
+        """Gateway CPU (Envoy + sidecar + Redis) per streamed chunk through Envoy: streams of
+        CHUNKS_LONG chunks against streams of CHUNKS_SHORT, the difference per extra chunk
+        (what a request costs whatever its length cancels out). Chunks `delay_ms` apart
+        reach the sidecar one per ext_proc message; Envoy's own count of messages says so."""
+        cost = {}
+        for chunks in (CHUNKS_SHORT, CHUNKS_LONG):
+            path = self._work_dir / f"request-stream-{chunks}.http"
+            path.write_bytes(configs.http_request(
+                stream=True, completion_tokens=3 * chunks, chunk_delay_ms=delay_ms
+            ))  # fmt: skip
+            sent = self.stack.envoy_stat("governed", EXT_PROC_MESSAGES)
+            load = Load(connections, 600.0, warmup_s=0, count=streams)
+            result = self.run("governed", load, stream=True, request=path)
+            messages = self.stack.envoy_stat("governed", EXT_PROC_MESSAGES) - sent
+            per_stream = {k: v * result["seconds"] * result["rps"] / streams
+                          for k, v in result["gateway_cpu_us_per_request"].items()}  # fmt: skip
+            cost[chunks] = (per_stream, messages / streams)
+        (short, short_msgs), (long, long_msgs) = cost[CHUNKS_SHORT], cost[CHUNKS_LONG]
+        extra = CHUNKS_LONG - CHUNKS_SHORT
+        per_chunk = {k: round((long[k] - short[k]) / extra, 1) for k in long}
+        return {
+            "chunk_cpu_us": per_chunk["total"],
+            "by_part_us": per_chunk,
+            "ext_proc_messages_per_chunk": round((long_msgs - short_msgs) / extra, 3),
+            "streams": streams, "chunks": [CHUNKS_SHORT, CHUNKS_LONG], "chunk_delay_ms": delay_ms,
+        }  # fmt: skip
+
+    def saturated_round_trips(self, load: Load) -> dict[str, float]:
+        """Quota-store round trips per plain request at saturation: Redis's reads (one per
+        trip, however many script calls a batch carries) and script calls, per request the
+        sidecar finished during the run (the few the generator cut at its end before their
+        body was read finish without a reserve: script calls come out just under 2)."""
+        finished, calls = self.stack.requests_finished(), self.stack.script_calls()
+        reads = self.stack.store_reads()  # its own read is in the count; the next one's not
+        self.run("governed", load)
+        done = self._quiet(finished)
+        return {
+            "round_trips": round((self.stack.store_reads() - reads - 1) / done, 3),
+            "script_calls": round((self.stack.script_calls() - calls) / done, 3),
+        }
+
+    def round_trips(self, *, stream: bool, requests: int) -> dict[str, float]:
+        """Quota-store round trips per request at low load (4 connections at 200/s): Redis's
+        reads (one per trip) and its script calls (one per quota decision), divided by the
+        requests the sidecar served and settled. Background traffic (liveness, the ledger)
+        lands in the same count, so this is an upper bound.
 
         Both runs are counted, not timed: a timed run ends with requests in flight that the
         sidecar goes on to reserve and settle after the generator and Envoy's counters have
@@ -92,9 +148,32 @@ class Driver:
         # Warm first: the very first call after a start finds the script not yet loaded
         # (EVALSHA, NOSCRIPT, EVAL), a one-off that is not a per-request cost.
         self._answered(5, 50.0, stream)
-        calls = self.stack.script_calls()
-        self._answered(requests, 50.0 if stream else 200.0, stream)
-        return round((self.stack.script_calls() - calls) / requests, 2)
+        rate = 50.0 if stream else 200.0
+        background = self._background_reads(requests / rate)
+        calls, reads = self.stack.script_calls(), self.stack.store_reads()
+        self._answered(requests, rate, stream)
+        reads = self.stack.store_reads() - reads - 1 - background
+        return {
+            "round_trips": round(reads / requests, 3),
+            "script_calls": round((self.stack.script_calls() - calls) / requests, 3),
+            "background_reads": background,
+        }
+
+    def _background_reads(self, seconds: float) -> int:
+        """Reads Redis gets from an idle sidecar in `seconds` (liveness renewals, the
+        spending ledger, overrides), to take out of a count of per-request trips."""
+        reads = self.stack.store_reads()
+        time.sleep(seconds)  # an idle stretch as long as the counted run
+        return self.stack.store_reads() - reads - 1
+
+    def _quiet(self, finished: float) -> float:
+        """Requests the sidecar finished since `finished`, once it has finished the last
+        of them (a timed run ends with some in flight)."""
+        last = -1.0
+        while (now := self.stack.requests_finished()) != last:
+            last = now
+            time.sleep(0.2)  # the count still moving: requests are settling
+        return now - finished
 
     def _answered(self, count: int, rate: float, stream: bool) -> None:
         """Send exactly `count` requests through the governed gateway, and return once every

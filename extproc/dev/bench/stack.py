@@ -45,6 +45,7 @@ class BenchStack:
     ports: dict[str, int] = field(default_factory=dict)
     floor_pids: dict[str, int] = field(default_factory=dict)
     _redis: RedisServer | None = None
+    _stats_client: redis.Redis | None = None
     _children: dict[str, Child] = field(default_factory=dict)
     _envoys: dict[str, EnvoyProcess] = field(default_factory=dict)
 
@@ -118,6 +119,29 @@ class BenchStack:
             return self.sidecar_pids
         return tree(self.floor_pids[target]) if target in self.floor_pids else []
 
+    def gateway_pids(self, target: str) -> dict[str, list[int]]:
+        """Every process gateway `target` runs on, by part: its Envoy, its ext_proc server
+        (none for bare Envoy) and, behind the sidecar, Redis."""
+        parts = {"envoy": [self._envoys[target].proc.pid], "server": self.server_pids(target)}
+        if target == "governed" and self._redis is not None and self._redis.proc is not None:
+            parts["redis"] = [self._redis.proc.pid]
+        return parts
+
+    def store_reads(self) -> int:
+        """Reads Redis has processed (`total_reads_processed`): one per round trip, however
+        many commands a pipelined batch carries (0 for the in-process store)."""
+        if self._redis is None:
+            return 0
+        return int(self._admin().info("stats")["total_reads_processed"])
+
+    def _admin(self) -> redis.Redis:
+        """One connection for the benchmark's own questions, so that each costs Redis one
+        read (a new connection would add its handshake's)."""
+        assert self._redis is not None
+        if self._stats_client is None:
+            self._stats_client = redis.Redis.from_url(self._redis.url)
+        return self._stats_client
+
     def sidecar_worker_pids(self) -> list[int]:
         """The processes that serve ext_proc: the fork server's children (the supervisor,
         its fork server and multiprocessing's resource tracker only wait)."""
@@ -128,11 +152,7 @@ class BenchStack:
         """Quota scripts the store has run so far (0 for the in-process store)."""
         if self._redis is None:
             return 0
-        client = redis.Redis.from_url(self._redis.url)
-        try:
-            return script_calls(client.info("commandstats"))
-        finally:
-            client.close()
+        return script_calls(self._admin().info("commandstats"))
 
     def envoy_stat(self, envoy: str, stat: str) -> int:
         """One counter from Envoy `envoy`'s admin."""
@@ -140,8 +160,11 @@ class BenchStack:
         with urllib.request.urlopen(url, timeout=10) as response:
             return int(json.loads(response.read())["stats"][0]["value"])
 
-    def add_floor(self, name: str, model: str, *, phases: int = 4, unix: bool = False) -> None:
-        """A do-nothing ext_proc server (`extproc.dev.bench.floor`) behind its own Envoy."""
+    def add_floor(
+        self, name: str, model: str, *, phases: int = 4, unix: bool = False, trim: str = ""
+    ) -> None:
+        """A do-nothing ext_proc server (`extproc.dev.bench.floor`) behind its own Envoy
+        (with one listener feature taken out: `configs.TRIMS`)."""
         ready = self.run_dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         socket_path = self.run_dir / f"{name}.sock"
@@ -160,6 +183,8 @@ class BenchStack:
         config = configs.governed(self.ports["upstream"], max(int(ready.read_text()), 1))
         if unix:
             config = configs.over_unix(config, socket_path)
+        if trim:
+            config = configs.trimmed(config, trim)
         self.ports[name] = self._envoy(name, config, "llm", self.cores.sut)
         self.floor_pids[name] = child.proc.pid
 
@@ -188,6 +213,8 @@ class BenchStack:
             envoy.stop()
         for child in self._children.values():
             child.stop()
+        if self._stats_client is not None:
+            self._stats_client.close()
         if self._redis is not None:
             self._redis.stop()
 
