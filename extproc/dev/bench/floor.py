@@ -90,8 +90,8 @@ async def _serve_asyncio(replies: dict[str, Any], unix: str | None, ready: Path)
     await server.wait_for_termination()
 
 
-def _serve_threads(replies: dict[str, Any], unix: str | None, ready: Path) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+def _serve_threads(replies: dict[str, Any], unix: str | None, ready: Path, threads: int) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
     ep_grpc.add_ExternalProcessorServicer_to_server(ThreadFloor(replies), server)
     port = server.add_insecure_port(_address(unix))
     server.start()
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("ready_file", type=Path)
     parser.add_argument("--unix")
     parser.add_argument("--phases", type=int, choices=(3, 4), default=4)
+    parser.add_argument("--threads", type=int, default=64,
+                        help="the thread pool's size: one thread per open stream")  # fmt: skip
     args = parser.parse_args()
     replies = _replies(args.phases)
     if args.model == "uvloop":
@@ -112,7 +114,7 @@ def main() -> None:
     elif args.model == "asyncio":
         asyncio.run(_serve_asyncio(replies, args.unix, args.ready_file))
     else:
-        _serve_threads(replies, args.unix, args.ready_file)
+        _serve_threads(replies, args.unix, args.ready_file, args.threads)
 
 
 if __name__ == "__main__":
