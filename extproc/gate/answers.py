@@ -92,11 +92,6 @@ class _Answer:
     def _start(self) -> None:
         """What this kind of answer sets up once the upstream answered 2xx."""
 
-    @property
-    def holds(self) -> bool:
-        """Not settled yet."""
-        raise NotImplementedError
-
 
 class PlainAnswer(_Answer):
     """A buffered answer: kept (up to the body limit) until its end, then settled on the
@@ -110,6 +105,7 @@ class PlainAnswer(_Answer):
 
     @property
     def holds(self) -> bool:
+        """Not settled yet (the service then starts a settling task at the stream's end)."""
         return self._reservation is not None
 
     async def on_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
