@@ -152,11 +152,11 @@ class Processor(abc.ABC):
         self.count_finished()
 
     @property
+    @abc.abstractmethod
     def holds(self) -> bool:
         """Something is still reserved: `finish` has store work to do. When not (a plain
         answer settles before its last reply), the service counts the request directly
         instead of starting a settling task per stream."""
-        return True
 
     def count_finished(self) -> None:
         namespace = self._tenant.namespace if self._tenant else "-"

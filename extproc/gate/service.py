@@ -58,12 +58,16 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     yield reply
         finally:
             self._rt.metrics.streams_open.dec()
-            if processor is not None and not processor.holds:
-                processor.count_finished()
-            elif processor is not None:
-                task = asyncio.get_running_loop().create_task(processor.finish())
-                self.settling.add(task)
-                task.add_done_callback(self._settled)
+            if processor is not None:
+                self._finish(processor)
+
+    def _finish(self, processor: Processor) -> None:
+        if not processor.holds:
+            processor.count_finished()
+            return
+        task = asyncio.get_running_loop().create_task(processor.finish())
+        self.settling.add(task)
+        task.add_done_callback(self._settled)
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self.settling.discard(task)

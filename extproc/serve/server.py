@@ -122,7 +122,7 @@ async def _upkeep(runtime: Runtime, reloader: Reloader, interval_s: float) -> No
             await reloader.check()
             await runtime.overrides.refresh()
             await runtime.ledger.flush()
-        except Exception:
+        except Exception:  # upkeep must outlive a bug in one round; logged with its trace
             log.exception("upkeep failed; retrying next interval")
         await asyncio.sleep(interval_s)
 
