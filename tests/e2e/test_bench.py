@@ -13,8 +13,11 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from extproc.dev.bench import configs, streams
 from extproc.dev.bench.http import Driver, Load
@@ -128,6 +131,37 @@ def test_floor_server_answers_like_the_sidecar(driver: Driver, stack: BenchStack
     assert result["requests"] == 100 and result["server_cpu_us_per_request"] > 0
     gateway = result["gateway_cpu_us_per_request"]
     assert gateway["total"] == gateway["envoy"] + gateway["server"] and gateway["envoy"] > 0
+
+
+def _shape(reply: Any) -> tuple[Any, ...]:
+    """What a reply asks of Envoy, values of our own rate-limit headers aside (they count
+    down): which headers it sets and removes, and the processing mode it switches to."""
+    kind = reply.WhichOneof("response")
+    common = getattr(reply, kind).response
+    mutation = common.header_mutation
+    names = [o.header.key for o in mutation.set_headers]
+    values = [o.header.raw_value for o in mutation.set_headers
+              if not o.header.key.startswith("x-ratelimit-")]  # fmt: skip
+    return (kind, names, values, list(mutation.remove_headers), common.clear_route_cache,
+            reply.mode_override.SerializeToString(), common.HasField("body_mutation"))  # fmt: skip
+
+
+async def _opening_replies(port: int) -> list[tuple[Any, ...]]:
+    talk = streams.Conversation.build(1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = streams.Stream(ep_grpc.ExternalProcessorStub(channel))
+        shapes = [_shape(await stream.exchange(message)) for message in talk.opening]
+        for message in (*talk.chunks, talk.closing):
+            await stream.exchange(message)
+        await stream.close()
+    return shapes
+
+
+def test_the_floor_answers_with_the_sidecars_exact_replies(stack: BenchStack) -> None:
+    stack.add_floor("floor-replies", "uvloop")
+    sidecar = asyncio.run(_opening_replies(stack.ports["ext_proc"]))
+    floor = asyncio.run(_opening_replies(stack.ports["floor-replies:ext_proc"]))
+    assert floor == sidecar
 
 
 def test_bench_configs_are_valid_envoy_and_differ_only_by_governance(tmp_path: Path) -> None:

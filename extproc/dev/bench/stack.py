@@ -180,6 +180,7 @@ class BenchStack:
                 raise StackError(f"{name} did not start:\n{child.log_tail()}")
             time.sleep(0.02)  # poll interval: the floor server writes its port when serving
         pin_tree(child.proc.pid, self.cores.sut)
+        self.ports[f"{name}:ext_proc"] = int(ready.read_text())  # 0 on a Unix socket
         config = configs.governed(self.ports["upstream"], max(int(ready.read_text()), 1))
         if unix:
             config = configs.over_unix(config, socket_path)

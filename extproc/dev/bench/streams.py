@@ -84,7 +84,7 @@ class Conversation:
         )
 
 
-class _Stream:
+class Stream:
     """One ext_proc stream driven message by message, as Envoy does: send, await reply."""
 
     def __init__(self, stub: Any) -> None:
@@ -108,7 +108,7 @@ class _Stream:
 
 
 async def _conversation(stub: Any, talk: Conversation) -> int:
-    stream = _Stream(stub)
+    stream = Stream(stub)
     for message in (*talk.opening, *talk.chunks, talk.closing):
         await stream.exchange(message)
     await stream.close()
@@ -152,9 +152,9 @@ async def memory_per_stream(port: int, pids: list[int], *, streams: int) -> dict
         for _ in range(3):  # warm up, so the baseline holds what every request loads once
             await _conversation(stub, talk)
         baseline = rss_bytes(pids)
-        opened = [_Stream(stub) for _ in range(streams)]
+        opened = [Stream(stub) for _ in range(streams)]
 
-        async def open_one(stream: _Stream) -> None:
+        async def open_one(stream: Stream) -> None:
             for message in (*talk.opening, *talk.chunks):
                 await stream.exchange(message)
 
