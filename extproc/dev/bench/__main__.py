@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from extproc.dev.bench.run import TARGETS, Plan, run
+from extproc.dev.bench.run import FLOOR, TARGETS, Plan, run
 
 
 def table(results: dict[str, Any]) -> str:
@@ -94,6 +94,17 @@ def table(results: dict[str, Any]) -> str:
         split = " + ".join(f"{g[k]:,}" for k in ("envoy", "server", "redis") if k in g)
         lines.append(f"| {label} | {r['rps']:,} ({r['rps_min']:,} to {r['rps_max']:,}) "
                      f"| {g['total']:,} us ({split}) | {r['p50_ms']:.2f} ms |")  # fmt: skip
+    equal = results["equal_load"]
+    lines += [
+        "",
+        f"| the same rows at one equal load ({equal['rate_rps']:,} req/s, half the governed "
+        "peak) | gateway CPU/request | x floor | p50 |",
+        "|---|---|---|---|",
+    ]
+    floor_cpu = equal["rows"][FLOOR]["gateway_cpu_us_per_request"]["total"]
+    for label, r in equal["rows"].items():
+        total = r["gateway_cpu_us_per_request"]["total"]
+        lines.append(f"| {label} | {total:,} us | {total / floor_cpu:.2f} | {r['p50_ms']:.2f} ms |")
     lines += ["", _driver_line(results)]
     return "\n".join(lines)
 

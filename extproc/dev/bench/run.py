@@ -66,7 +66,10 @@ def run(loadgen: Path, vocab_dir: Path, plan: Plan) -> dict[str, Any]:
             results["plain"] = _plain(driver, plan)
             results["streaming"] = _streaming(driver, stack, plan)
             results["cost"] = _cost(driver, stack, plan)
-            results["process_model"] = _process_model(root, driver, vocab_dir, cores, plan)
+            rate = results["plain"]["fixed_rate_rps"]
+            results["process_model"], results["equal_load"] = _process_model(
+                root, driver, vocab_dir, cores, plan, rate=rate
+            )
     results["summary"] = summary(results)
     results["targets"] = _targets(results["summary"])
     return results
@@ -212,12 +215,16 @@ VARIANTS = {
 
 
 def _process_model(
-    root: Path, driver: Driver, vocab: Path, cores: Cores, plan: Plan
-) -> dict[str, Any]:
+    root: Path, driver: Driver, vocab: Path, cores: Cores, plan: Plan, *, rate: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Floors and sidecar variants take turns in one rotation, so that the ratios compare
     runs made minutes, not a phase, apart. Every sidecar row is a fresh stack: the main
     one has just held 1,000 streams, after which it ran ~20 % slower (measured, see the
-    README)."""
+    README).
+
+    Then the reference rows again at one equal load (`rate`, half the governed peak): at
+    saturation the floor runs ~3x faster, and Envoy and the server amortise each wake-up
+    over more requests, so per-request CPU there compares unequal loads."""
     targets: dict[str, tuple[Driver, str]] = {}
     for index, (label, (model, phases, unix, trim)) in enumerate(FLOORS.items()):
         name = f"floor{index}"
@@ -227,7 +234,12 @@ def _process_model(
         for index, (label, options) in enumerate(VARIANTS.items()):
             stack = stacks.enter_context(_stack(root / f"variant{index}", vocab, cores, options))
             targets[label] = (Driver(driver.loadgen, stack, root / f"variant{index}"), "governed")
-        return _rotated(plan, targets, Load(plan.saturation_connections, plan.seconds))
+        saturated = _rotated(plan, targets, Load(plan.saturation_connections, plan.seconds))
+        equal = {"bare": (driver, "bare")} | {
+            label: targets[label] for label in (FLOOR, GOVERNED_REDIS, GOVERNED_MEMORY)
+        }
+        at_rate = _rotated(plan, equal, Load(plan.fixed_connections, plan.seconds, rate=rate))
+        return saturated, {"rate_rps": rate, "rows": at_rate}
 
 
 def _rotated(plan: Plan, targets: dict[str, tuple[Driver, str]], load: Load) -> dict[str, Any]:
@@ -271,9 +283,22 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "governed_redis": rows[GOVERNED_REDIS]["gateway_cpu_us_per_request"],
     }
     cost = results["cost"]
+    equal = results["equal_load"]["rows"]
+    at_rate = {name: equal[label]["gateway_cpu_us_per_request"] for name, label in
+               (("bare", "bare"), ("floor", FLOOR), ("governed_memory", GOVERNED_MEMORY),
+                ("governed_redis", GOVERNED_REDIS))}  # fmt: skip
     return {
         "commit": results["machine"]["commit"],
         "cpu_us_per_request": cpu,
+        "equal_load_rps": results["equal_load"]["rate_rps"],
+        "cpu_us_per_request_equal_load": at_rate,
+        "ratio_governed_redis_over_floor_equal_load": round(
+            at_rate["governed_redis"]["total"] / at_rate["floor"]["total"], 3
+        ),
+        "ratio_governed_memory_over_floor_equal_load": round(
+            at_rate["governed_memory"]["total"] / at_rate["floor"]["total"], 3
+        ),
+        "floor_added_p50_ms_equal_load": round(equal[FLOOR]["p50_ms"] - equal["bare"]["p50_ms"], 3),
         "ratio_governed_redis_over_floor": round(
             cpu["governed_redis"]["total"] / cpu["floor"]["total"], 3
         ),
