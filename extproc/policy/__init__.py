@@ -1,12 +1,14 @@
-"""Policies: quotas, gateway keys and forwarded routes — typed model, loader and validator
-(see `model` for the shapes)."""
+"""Policies: quotas, gateway keys, forwarded routes and model routes — typed model, loader and
+validator (see `model` for the shapes)."""
 
 from extproc.policy.loader import load_directories, load_directory, parse_documents
 from extproc.policy.model import (
     ApiKey,
+    Backend,
     FailMode,
     Limit,
     Measure,
+    ModelRoute,
     PolicySnapshot,
     Priority,
     QuotaPolicy,
@@ -15,9 +17,11 @@ from extproc.policy.model import (
 
 __all__ = [
     "ApiKey",
+    "Backend",
     "FailMode",
     "Limit",
     "Measure",
+    "ModelRoute",
     "PolicySnapshot",
     "Priority",
     "QuotaPolicy",

@@ -24,6 +24,7 @@ _MEASURES = tuple(m.value for m in Measure)
 _LIMIT_FIELDS = ("name", *_MEASURES, "per", "algorithm")
 _MONTHS_MAX = 12
 _WINDOWED = tuple(a.value for a in Algorithm if a is not Algorithm.LEASE)
+TOKEN_COUNT_MAX = 1_000_000
 
 
 class Doc:
@@ -127,6 +128,14 @@ def parse_period(doc: Doc, value: object, field: str) -> tuple[int, int]:
     if not _PERIOD_MIN_S <= seconds <= _PERIOD_MAX_S:
         doc.fail(f"{field}.per", f"must be between 1s and 366d, got {value}")
     return seconds, 0
+
+
+def token_count(doc: Doc, value: object, field: str) -> int:
+    """A number of completion tokens a policy writes or reserves. A million is beyond any
+    model's completion limit, so a larger value is a typo (an extra zero), not a wish."""
+    if not is_int(value) or not 1 <= value <= TOKEN_COUNT_MAX:
+        doc.fail(field, f"must be an integer between 1 and {TOKEN_COUNT_MAX}, got {show(value)}")
+    return value
 
 
 def dns_label(doc: Doc, value: object, field: str) -> str:

@@ -21,13 +21,13 @@ from typing import Any, NoReturn
 import yaml
 
 from extproc.errors import ConfigError, PolicyError
-from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy, Route
+from extproc.policy.model import ApiKey, ModelRoute, PolicySnapshot, QuotaPolicy, Route
 from extproc.policy.validate import validate_document
 
 MAX_FILE_BYTES = 1 << 20
 SUFFIXES = (".yaml", ".yml", ".json")
 
-Document = QuotaPolicy | ApiKey | Route
+Document = QuotaPolicy | ApiKey | Route | ModelRoute
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -70,8 +70,8 @@ def parse_documents(text: str, *, file: str, allow_usd: bool = False) -> list[Do
 
 
 def validate_file(text: str, *, file: str, allow_usd: bool = False) -> list[Document]:
-    """`parse_documents` plus the checks across documents that loading applies (a namespace
-    or key defined twice): what the control API's ValidatePolicy answers."""
+    """`parse_documents` plus the checks across documents that loading applies (a namespace,
+    key or model route defined twice): what the control API's ValidatePolicy answers."""
     located = _parse(text, file=file, allow_usd=allow_usd)
     _index(located)
     return [item.obj for item in located]
@@ -105,6 +105,7 @@ def load_directories(
         policies=MappingProxyType(policies),
         keys_by_sha256=MappingProxyType(keys),
         routes=tuple(item.obj for item in located if isinstance(item.obj, Route)),
+        model_routes=tuple(item.obj for item in located if isinstance(item.obj, ModelRoute)),
         version=_version(contents),
         loaded_at=now(),
         sources=tuple(name for name, _ in contents),
@@ -196,6 +197,7 @@ def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, A
     seen_names: dict[tuple[str, str | None, str], _Located] = {}
     seen_namespaces: dict[str, _Located] = {}
     seen_hashes: dict[str, _Located] = {}
+    seen_models: dict[tuple[str | None, str], _Located] = {}
     policies: dict[str, QuotaPolicy] = {}
     keys: dict[str, ApiKey] = {}
     for item in located:
@@ -207,6 +209,14 @@ def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, A
             _clash(item, "metadata.name", what, seen_names[ident])
         seen_names[ident] = item
         if isinstance(obj, Route):
+            continue
+        if isinstance(obj, ModelRoute):
+            scope = (obj.namespace, obj.model)
+            if scope in seen_models:
+                where = f"namespace {obj.namespace!r}" if obj.namespace else "cluster-wide"
+                what = f"a ModelRoute for model {obj.model!r} ({where})"
+                _clash(item, "spec.model", what, seen_models[scope])
+            seen_models[scope] = item
             continue
         if isinstance(obj, QuotaPolicy):
             if obj.namespace in seen_namespaces:

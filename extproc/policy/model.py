@@ -11,6 +11,9 @@ import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
+
+from extproc.errors import InvariantError
 
 
 class Measure(StrEnum):
@@ -133,6 +136,38 @@ class Route:
         return EVERY_NAMESPACE in self.namespaces or namespace in self.namespaces
 
 
+# What a backend may generate when the client named no cap and its API requires one.
+DEFAULT_BACKEND_MAX_TOKENS = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backend:
+    """One upstream that can serve a `ModelRoute`: the provider (whose API schema, upstream
+    and key serve the request) and the model name that provider knows, which need not be the
+    name the client sent. `max_tokens` is written as the completion cap only when the client
+    named none and this backend's API requires one (Anthropic Messages does): a request
+    translated from a schema where the cap is optional must still be valid there."""
+
+    provider: str
+    model: str
+    max_tokens: int = DEFAULT_BACKEND_MAX_TOKENS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRoute:
+    """A model name as clients send it (exact, case-sensitive) and the backends that serve
+    it, in the order they are tried: the first, then each fallback when the one before failed
+    without answering. Retrying one backend is Envoy's retry policy, so a backend appears at
+    most once. `namespace` None: cluster-wide (the platform team's); a namespaced route
+    applies to its own namespace only and wins there over a cluster-wide one."""
+
+    name: str
+    namespace: str | None
+    model: str
+    backends: tuple[Backend, ...]
+    source: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     """Everything the data path needs to decide, swapped whole on reload."""
@@ -143,3 +178,31 @@ class PolicySnapshot:
     loaded_at: float  # unix time
     sources: tuple[str, ...] = field(default=())
     routes: tuple[Route, ...] = ()  # what default deny lets through, in file order
+    model_routes: tuple[ModelRoute, ...] = ()  # in file order; at most one per model and scope
+    # model -> scope (a namespace, or None for cluster-wide) -> route. Built once here, so
+    # the lookup on every governed request costs two dict reads, never a scan.
+    _model_index: Mapping[str, Mapping[str | None, ModelRoute]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[str, dict[str | None, ModelRoute]] = {}
+        for route in self.model_routes:
+            scopes = index.setdefault(route.model, {})
+            if route.namespace in scopes:
+                raise InvariantError(
+                    f"two ModelRoutes for model {route.model!r} in scope "
+                    f"{route.namespace or '(cluster-wide)'}: the loader refuses this"
+                )
+            scopes[route.namespace] = route
+        frozen = {model: MappingProxyType(scopes) for model, scopes in index.items()}
+        object.__setattr__(self, "_model_index", MappingProxyType(frozen))
+
+    def model_route(self, namespace: str, model: str) -> ModelRoute | None:
+        """The route for `model` as a caller in `namespace` sent it: the namespace's own
+        route, else the cluster-wide one, else None."""
+        scopes = self._model_index.get(model)
+        if scopes is None:
+            return None
+        own = scopes.get(namespace)
+        return own if own is not None else scopes.get(None)

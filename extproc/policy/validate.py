@@ -1,5 +1,5 @@
-"""Turn one parsed YAML document into a `QuotaPolicy` or an `ApiKey`, or say exactly what is
-wrong with it.
+"""Turn one parsed YAML document into a `QuotaPolicy`, an `ApiKey`, a `Route` or a
+`ModelRoute`, or say exactly what is wrong with it.
 
 Validation is strict and stops at the first problem: a policy file is written by a person, so
 one precise message ("team-a.yaml (document 2): spec.limits[2].tokns: unknown field ...") is
@@ -19,27 +19,28 @@ from extproc.policy._fields import (
     Doc,
     check_fields,
     dns_label,
-    is_int,
     limit_list,
     list_,
     mapping,
     required,
     show,
+    token_count,
 )
 from extproc.policy.model import (
     ApiKey,
     FailMode,
+    ModelRoute,
     Priority,
     QuotaPolicy,
     Route,
 )
+from extproc.policy.model_routes import model_route_document
 from extproc.policy.routes import route_document
 
 API_VERSION = "tokengate.dev/v1"
-KINDS = ("QuotaPolicy", "ApiKey", "Route")
+KINDS = ("QuotaPolicy", "ApiKey", "Route", "ModelRoute")
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_DEFAULT_MAX_TOKENS_MAX = 1_000_000
 
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 _METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
@@ -55,7 +56,7 @@ _E = TypeVar("_E", Priority, FailMode)
 
 def validate_document(
     data: object, *, file: str, document: int, allow_usd: bool = False
-) -> QuotaPolicy | ApiKey | Route:
+) -> QuotaPolicy | ApiKey | Route | ModelRoute:
     """Validate one document; `file` (also the object's `source`) and the 1-based `document`
     index name it in errors. `allow_usd` says a price table is configured: without one a
     dollar limit could never be charged, so accepting it would be a quota that never bites."""
@@ -73,6 +74,9 @@ def validate_document(
     if kind == "Route":
         name, scope = _metadata(doc, meta, namespace_required=False)
         return route_document(doc, spec, name=name, namespace=scope)
+    if kind == "ModelRoute":
+        name, scope = _metadata(doc, meta, namespace_required=False)
+        return model_route_document(doc, spec, name=name, namespace=scope)
     name, namespace = _metadata(doc, meta, namespace_required=True)
     assert namespace is not None
     if kind == "QuotaPolicy":
@@ -85,7 +89,7 @@ def _metadata(
 ) -> tuple[str, str | None]:
     """Name and namespace are DNS-1123 labels because they become Kubernetes namespaces and
     store keys; labels and annotations are accepted (kubectl tooling adds them) and ignored.
-    A Route without a namespace is cluster-wide."""
+    A Route or ModelRoute without a namespace is cluster-wide."""
     check_fields(doc, meta, _METADATA_FIELDS, "metadata.")
     for extra in ("labels", "annotations"):
         if extra in meta:
@@ -109,10 +113,10 @@ def _quota_policy(
         check_fields(doc, models, _MODELS_FIELDS, "spec.models.")
         allow = required(doc, models, "allow", "spec.models.")
         patterns = _model_patterns(doc, allow, "spec.models.allow")
-    max_tokens = _token_count(doc, spec.get("defaultMaxTokens", 1024), "spec.defaultMaxTokens")
+    max_tokens = token_count(doc, spec.get("defaultMaxTokens", 1024), "spec.defaultMaxTokens")
     reserve = spec.get("streamReserveTokens")
     if reserve is not None:
-        reserve = _token_count(doc, reserve, "spec.streamReserveTokens")
+        reserve = token_count(doc, reserve, "spec.streamReserveTokens")
     return QuotaPolicy(
         name=name,
         namespace=namespace,
@@ -124,7 +128,7 @@ def _quota_policy(
         stream_reserve_tokens=reserve,
         time_zone=_time_zone(doc, spec.get("timeZone", "UTC")),
         clamp_completion=_boolean(doc, spec.get("clampCompletion", True), "spec.clampCompletion"),
-        min_completion_tokens=_token_count(
+        min_completion_tokens=token_count(
             doc, spec.get("minCompletionTokens", 16), "spec.minCompletionTokens"
         ),
         source=doc.file,
@@ -134,14 +138,6 @@ def _quota_policy(
 def _boolean(doc: Doc, value: object, field: str) -> bool:
     if not isinstance(value, bool):
         doc.fail(field, f"must be true or false, got {show(value)}")
-    return value
-
-
-def _token_count(doc: Doc, value: object, field: str) -> int:
-    if not is_int(value) or not 1 <= value <= _DEFAULT_MAX_TOKENS_MAX:
-        doc.fail(
-            field, f"must be an integer between 1 and {_DEFAULT_MAX_TOKENS_MAX}, got {show(value)}"
-        )
     return value
 
 
