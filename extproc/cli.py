@@ -41,15 +41,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_mock_provider(args: argparse.Namespace) -> int:
-    from extproc.dev.mock_provider import run
+    from extproc.dev.mock_provider import KeyLimits, run
     from extproc.providers.tokens import use_vocab_dir
 
+    limits = KeyLimits(rpm=args.key_rpm, tpm=args.key_tpm)  # ConfigError when negative
     use_vocab_dir(Path(args.vocab_dir))
     run(
         host=args.host,
         port=args.port,
         port_file=Path(args.port_file) if args.port_file else None,
         require_key=args.require_key or None,
+        limits=limits,
     )
     return 0
 
@@ -321,6 +323,19 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=8000)
     mock.add_argument("--port-file", default="")
     mock.add_argument("--require-key", default="", help="answer 401 unless this key is sent")
+    mock.add_argument(
+        "--key-rpm",
+        type=int,
+        default=0,
+        help="requests per minute per API key, with the providers' rate-limit headers and "
+        "429s (0 = unlimited)",
+    )
+    mock.add_argument(
+        "--key-tpm",
+        type=int,
+        default=0,
+        help="tokens per minute per API key: prompt + completion cap (0 = unlimited)",
+    )
     mock.add_argument(
         "--vocab-dir", default=os.environ.get("TOKENGATE_VOCAB_DIR", ".cache/tiktoken")
     )

@@ -44,6 +44,7 @@ _EMPTY_TEXT = {"type": "text", "text": ""}
 class AnthropicDialect:
     """`POST /v1/messages`, credential `x-api-key: <key>`."""
 
+    provider = "anthropic"
     path = "/v1/messages"
     key_header = "x-api-key"
     key_prefix = ""

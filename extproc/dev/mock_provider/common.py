@@ -17,17 +17,24 @@ from typing import Any, Protocol
 
 from extproc.providers.tokens import count
 
+Headers = tuple[tuple[str, str], ...]
+
 _ALPHABET = (string.ascii_letters + string.digits).encode()
 _TO_ALPHABET = bytes(_ALPHABET[b % len(_ALPHABET)] for b in range(256))
 
 
 class ApiError(Exception):
-    """A client-visible failure; each dialect renders it in its provider's error format."""
+    """A client-visible failure; each dialect renders it in its provider's error format.
 
-    def __init__(self, status: int, message: str) -> None:
+    `headers` go on the error answer (a rate-limit refusal carries `retry-after` and the
+    provider's rate-limit headers).
+    """
+
+    def __init__(self, status: int, message: str, *, headers: Headers = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +93,13 @@ class Completion:
 
 
 class Dialect(Protocol):
-    """One provider's wire format. Implementations are stateless."""
+    """One provider's wire format. Implementations are stateless.
 
+    `provider` ("openai" or "anthropic") names the family whose conventions the answer
+    follows beyond the body: credential, error format, rate-limit headers.
+    """
+
+    provider: str
     path: str
     key_header: str
     key_prefix: str

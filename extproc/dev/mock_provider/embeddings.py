@@ -58,6 +58,11 @@ def answer(_: Request, __: str, payload: object) -> dict[str, Any]:
     }
 
 
+def cost(answer: dict[str, Any]) -> int:
+    """What an answer costs the key's token rate limit: its input tokens."""
+    return int(answer["usage"]["prompt_tokens"])
+
+
 def _vector(seed: int, dimensions: int, fmt: str) -> list[float] | str:
     # Reproducibility, not secrecy: a seeded PRNG is exactly what is wanted here.
     rng = random.Random(seed)  # noqa: S311

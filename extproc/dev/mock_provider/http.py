@@ -6,18 +6,28 @@ reading pauses), plain answers carry Content-Length and are written straight fro
 `data_received` without a task (the fast path benchmarks exercise), delayed or streamed answers
 run in one task per connection, and a client that goes away cancels that task, which closes the
 event generator, so nothing keeps producing for a dead socket.
+
+A reply can also fail on purpose (`Failure`, scripted by `x-mock-fail`), the way upstreams fail
+under a gateway's retries: a reset before any response byte is a real TCP RST (SO_LINGER 0,
+then abort), so the peer sees ECONNRESET, not an answer; a cut after the head and N stream
+events is a close (FIN) once those bytes are flushed, with the body unfinished (no terminating
+chunk, or fewer bytes than Content-Length), which an HTTP/1.1 client can only read as a broken
+response. The cut is a FIN and not a RST because a RST may discard the very bytes just written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import lru_cache
 from http import HTTPStatus
+from itertools import islice
 from typing import Protocol
 
 from extproc.dev.mock_provider.parser import HttpError, Request, RequestParser
@@ -29,9 +39,22 @@ _YIELD_EVERY = 8  # undelayed streams still let other connections run every few 
 _EXTRA_REASONS = {529: "Site Overloaded"}
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How a reply fails on purpose. `after_events` None: reset the connection instead of
+    answering. A number: send the head and that many stream events (a plain answer: the head
+    only), then close with the body unfinished."""
+
+    after_events: int | None = None
+
+
+RESET = Failure()
+
+
 @dataclass(slots=True)
 class Reply:
-    """A response. `stream` (SSE events, one HTTP chunk each) replaces `body` when set."""
+    """A response. `stream` (SSE events, one HTTP chunk each) replaces `body` when set;
+    `failure` makes it fail after `delay` instead of completing."""
 
     status: int
     body: bytes = b""
@@ -40,6 +63,12 @@ class Reply:
     delay: float = 0.0
     stream: Generator[bytes, None, None] | None = None
     chunk_delay: float = 0.0
+    failure: Failure | None = None
+
+    @property
+    def immediate(self) -> bool:
+        """Writable at once from `data_received`: no delay, no stream, no failure."""
+        return self.delay <= 0 and self.stream is None and self.failure is None
 
 
 Deferred = Callable[[], Awaitable[Reply]]
@@ -168,7 +197,7 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:  # a handler bug must cost one 500, not the connection
             log.exception("mock provider handler failed for %s %s", request.method, request.path)
             result = self._app.http_error(request.path, HttpError(500, "internal error"))
-        if isinstance(result, Reply) and result.delay <= 0 and result.stream is None:
+        if isinstance(result, Reply) and result.immediate:
             self._write(result, close=close)
             return
         loop = asyncio.get_running_loop()
@@ -179,7 +208,9 @@ class HttpProtocol(asyncio.Protocol):
         reply = result if isinstance(result, Reply) else await self._resolve(request, result)
         if reply.delay > 0:
             await asyncio.sleep(reply.delay)
-        if reply.stream is None:
+        if reply.failure == RESET:
+            self._reset()
+        elif reply.stream is None:
             self._write(reply, close=close)
         else:
             await self._stream(reply, request.version == "HTTP/1.1", close)
@@ -208,6 +239,11 @@ class HttpProtocol(asyncio.Protocol):
     def _write(self, reply: Reply, *, close: bool) -> None:
         assert self._transport is not None
         head = _head(reply, length=len(reply.body), chunked=False, close=close)
+        if reply.failure is not None:  # the head promises a body that never comes
+            self._transport.write(head)
+            self._stats.replies_cut += 1
+            self._close()
+            return
         self._transport.write(head + reply.body)
         if close:
             self._close()
@@ -218,8 +254,9 @@ class HttpProtocol(asyncio.Protocol):
         transport, events = self._transport, reply.stream
         transport.write(_head(reply, length=None, chunked=chunked, close=close or not chunked))
         self._stats.streams_started += 1
+        cut = None if reply.failure is None else reply.failure.after_events
         try:
-            for index, event in enumerate(events):
+            for index, event in enumerate(islice(events, cut)):
                 if index and reply.chunk_delay > 0:
                     await asyncio.sleep(reply.chunk_delay)
                 elif index % _YIELD_EVERY == _YIELD_EVERY - 1:
@@ -229,6 +266,10 @@ class HttpProtocol(asyncio.Protocol):
                 transport.write(b"%x\r\n%b\r\n" % (len(event), event) if chunked else event)
                 if self._paused:
                     await self._drain()
+            if reply.failure is not None:
+                self._stats.streams_cut += 1
+                self._close()
+                return
             if chunked:
                 transport.write(b"0\r\n\r\n")
         except (asyncio.CancelledError, _ClientGone) as exc:
@@ -255,9 +296,21 @@ class HttpProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def _close(self) -> None:
+        """Graceful: what was written is flushed, then FIN."""
         self._done = True
         if self._transport is not None:
             self._transport.close()
+
+    def _reset(self) -> None:
+        """Abortive: SO_LINGER 0 makes the kernel answer the close with RST, not FIN."""
+        self._done = True
+        self._stats.connections_reset += 1
+        if self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._transport.abort()
 
 
 def _head(reply: Reply, *, length: int | None, chunked: bool, close: bool) -> bytes:

@@ -29,15 +29,20 @@ _ANTHROPIC = AnthropicDialect()
 
 Answer = Callable[[Request, str, object], dict[str, Any]]
 """(request, the `{id}` segment or "", parsed JSON body) -> the JSON answer."""
+Cost = Callable[[dict[str, Any]], int]
+"""The JSON answer -> the tokens it costs the key's rate limit."""
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """`provider` is whose format and credential apply: openai, anthropic, or `either`
-    (`/v1/models` exists on both; a request carrying `anthropic-version` is Anthropic's)."""
+    (`/v1/models` exists on both; a request carrying `anthropic-version` is Anthropic's).
+    `cost`, when set, makes an answer count against the key's rate limits (1 request and that
+    many tokens), as model work does; other endpoints only report the key's limits."""
 
     provider: str
     answers: dict[str, Answer]
+    cost: Cost | None = None
 
     def provider_for(self, request: Request) -> str:
         if self.provider != "either":
@@ -116,7 +121,9 @@ _EXACT: dict[str, Endpoint] = {
     "/v1/models": Endpoint(provider="either", answers={"GET": _models}),
     "/v1/files": Endpoint(provider="openai", answers={"GET": _files}),
     "/v1/messages/count_tokens": Endpoint(provider="anthropic", answers={"POST": _count_tokens}),
-    "/v1/embeddings": Endpoint(provider="openai", answers={"POST": embeddings.answer}),
+    "/v1/embeddings": Endpoint(
+        provider="openai", answers={"POST": embeddings.answer}, cost=embeddings.cost
+    ),
 }
 _ONE: dict[str, Endpoint] = {
     "/v1/models": Endpoint(provider="either", answers={"GET": _model}),

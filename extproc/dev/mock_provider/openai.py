@@ -42,6 +42,7 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
 class OpenAIDialect:
     """`POST /v1/chat/completions`, credential `Authorization: Bearer <key>`."""
 
+    provider = "openai"
     path = "/v1/chat/completions"
     key_header = "authorization"
     key_prefix = "Bearer "

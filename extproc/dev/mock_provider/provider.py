@@ -11,9 +11,11 @@ import asyncio
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 from extproc.dev.mock_provider.http import HttpServer
+from extproc.dev.mock_provider.ratelimit import NO_LIMITS, Clock, KeyLimits, RateLimiter
 from extproc.dev.mock_provider.recorder import Recorder, Stats
 from extproc.dev.mock_provider.router import Router
 from extproc.providers.tokens import count, encoding_name_for
@@ -26,16 +28,28 @@ class MockProvider:
     `require_key`, when set, makes every provider request carry exactly one credential header
     with that key (Bearer on OpenAI routes, x-api-key on Anthropic routes), which is how e2e
     tests prove the gateway swapped the client's credential for the provider key.
+    `limits` are per-API-key requests and tokens per minute, answered with each provider's
+    rate-limit headers and 429s (see `ratelimit`; off by default); `clock` is their time
+    source, which tests replace to move time on without sleeping.
     `stats` counts requests and streams (also served at `GET /_mock/stats`).
     """
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, require_key: str | None = None
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        require_key: str | None = None,
+        limits: KeyLimits = NO_LIMITS,
+        clock: Clock = time.time,
     ) -> None:
         self._host = host
         self._port = port
         self.stats = Stats()
-        router = Router(stats=self.stats, recorder=Recorder(), require_key=require_key)
+        limiter = RateLimiter(limits=limits, clock=clock) if limits.enabled else None
+        router = Router(
+            stats=self.stats, recorder=Recorder(), require_key=require_key, limiter=limiter
+        )
         self._server = HttpServer(app=router, stats=self.stats)
 
     async def start(self) -> int:
@@ -55,13 +69,14 @@ def run(
     port: int = 0,
     port_file: Path | None = None,
     require_key: str | None = None,
+    limits: KeyLimits = NO_LIMITS,
 ) -> None:
     """Serve until SIGTERM or SIGINT. Prints `mock-provider listening on http://HOST:PORT`."""
-    asyncio.run(_serve(host=host, port=port, port_file=port_file, require_key=require_key))
+    provider = MockProvider(host=host, port=port, require_key=require_key, limits=limits)
+    asyncio.run(_serve(provider, host=host, port_file=port_file))
 
 
-async def _serve(*, host: str, port: int, port_file: Path | None, require_key: str | None) -> None:
-    provider = MockProvider(host=host, port=port, require_key=require_key)
+async def _serve(provider: MockProvider, *, host: str, port_file: Path | None) -> None:
     bound = await provider.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -51,13 +51,18 @@ class Stats:
     """Counters exposed at `/_mock/stats`. `requests` counts every request outside `/_mock/`.
 
     A stream is counted started once its response headers are written; it then ends as exactly
-    one of completed (terminal chunk written) or aborted (client went away first).
+    one of completed (terminal chunk written), aborted (client went away first) or cut
+    (`x-mock-fail: reset-after-chunks`). `replies_cut` counts plain answers cut after their
+    head, `connections_reset` the resets instead of an answer (`x-mock-fail: reset`).
     """
 
     requests: int = 0
     streams_started: int = 0
     streams_completed: int = 0
     streams_aborted: int = 0
+    streams_cut: int = 0
+    replies_cut: int = 0
+    connections_reset: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -8,6 +8,10 @@ stall every other connection on the loop.
 Every request outside `/_mock/` is recorded, whatever its path or method (a test asks the
 recorder whether a refused request reached the upstream); generation routes are in
 `openai`/`anthropic`, the others (models, files, token counting) in `objects`.
+
+With per-key rate limits (`ratelimit`), a request that would be answered (scripted, authorised,
+valid) is charged to its key and refused with a 429 when over; every other answer on a provider
+route carries the key's limits uncharged, except a 401 (no key was accepted to report on).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from extproc.dev.mock_provider.common import (
     ApiError,
     Completion,
     Dialect,
+    Headers,
     ParsedRequest,
     dumps,
     random_id,
@@ -35,6 +40,7 @@ from extproc.dev.mock_provider.encoding import coding_for, encode
 from extproc.dev.mock_provider.http import Deferred, Reply
 from extproc.dev.mock_provider.openai import OpenAIDialect
 from extproc.dev.mock_provider.parser import HttpError, Request
+from extproc.dev.mock_provider.ratelimit import RateLimiter, headers_for
 from extproc.dev.mock_provider.recorder import Recorder, Stats, is_credential_header
 from extproc.dev.mock_provider.responses import ResponsesDialect
 from extproc.dev.mock_provider.script import DEFAULT, Script, script_from
@@ -56,10 +62,18 @@ _BAD_JSON = object()
 class Router:
     """Implements `http.App` for the mock: one instance per `MockProvider`."""
 
-    def __init__(self, *, stats: Stats, recorder: Recorder, require_key: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        stats: Stats,
+        recorder: Recorder,
+        require_key: str | None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self._stats = stats
         self._recorder = recorder
         self._require_key = require_key
+        self._limiter = limiter
 
     def handle(self, request: Request) -> Reply | Deferred:
         if request.path.startswith("/_mock/"):
@@ -86,30 +100,34 @@ class Router:
         return await asyncio.to_thread(self._respond, dialect, request, payload)
 
     def _respond(self, dialect: Dialect, request: Request, payload: object) -> Reply:
-        """Script, auth, scripted status, validation, then the answer; errors in order."""
+        """Script, auth, scripted status, validation, rate limit, then the answer; errors in
+        order."""
         script = DEFAULT
         try:
-            script = script_from(request)
+            script = script_from(request, model=_model_of(payload))
             self._admit(dialect, request, script)
             if payload is _BAD_JSON:
                 raise ApiError(400, "We could not parse the JSON body of your request.")
             parsed = dialect.parse(payload)
+            completion = _complete(dialect, request, parsed, script)
+            limits = self._charge(dialect, request, _token_cost(parsed, completion))
         except ApiError as exc:
-            return _encoded(_error(dialect, exc, script), script, request)
-        reply = _answer(dialect, _complete(dialect, request, parsed, script), parsed, script)
+            return _encoded(self._refusal(dialect, request, exc, script), script, request)
+        reply = _answer(dialect, completion, parsed, script, limits)
         return _encoded(reply, script, request)
 
     def _other(self, request: Request, payload: object) -> Reply:
-        """Models, files, token counting (`objects`); else the provider's 404 or 405."""
+        """Models, files, token counting, embeddings (`objects`); else the provider's 404 or
+        405."""
         generation = _DIALECTS.get(request.path)
         if generation is not None:
             error = ApiError(405, f"{request.method} is not allowed")
-            return _error(generation, error, DEFAULT)
+            return self._refusal(generation, request, error, DEFAULT)
         found = objects.find(request.path)
         if found is None:
             dialect = _BY_PROVIDER[objects.provider_of_unknown(request.path)]
             error = ApiError(404, f"Invalid URL ({request.method} {request.path})")
-            return _error(dialect, error, DEFAULT)
+            return self._refusal(dialect, request, error, DEFAULT)
         endpoint, item = found
         dialect = _BY_PROVIDER[endpoint.provider_for(request)]
         script = DEFAULT
@@ -117,15 +135,42 @@ class Router:
             answer = endpoint.answers.get(request.method)
             if answer is None:
                 raise ApiError(405, f"{request.method} is not allowed")
-            script = script_from(request)
+            script = script_from(request, model=_model_of(payload))
             self._admit(dialect, request, script)
             if payload is _BAD_JSON:
                 raise ApiError(400, "We could not parse the JSON body of your request.")
-            body = dumps(answer(request, item, payload)).encode()
+            answered = answer(request, item, payload)
+            if endpoint.cost is None:
+                limits = self._limits(dialect, request)
+            else:
+                limits = self._charge(dialect, request, endpoint.cost(answered))
         except ApiError as exc:
-            return _encoded(_error(dialect, exc, script), script, request)
-        reply = Reply(200, body=body, headers=_request_id(dialect), delay=script.delay)
+            return _encoded(self._refusal(dialect, request, exc, script), script, request)
+        body, headers = dumps(answered).encode(), (*_request_id(dialect), *limits)
+        reply = Reply(200, body=body, headers=headers, delay=script.delay, failure=script.failure)
         return _encoded(reply, script, request)
+
+    def _charge(self, dialect: Dialect, request: Request, tokens: int) -> Headers:
+        """Charge the request to its key: the provider's rate-limit headers, or a 429."""
+        if self._limiter is None:
+            return ()
+        decision = self._limiter.admit(_api_key(dialect, request), tokens=tokens)
+        headers = headers_for(dialect.provider, decision)
+        if not decision.admitted:
+            raise ApiError(429, decision.message, headers=headers)
+        return headers
+
+    def _limits(self, dialect: Dialect, request: Request) -> Headers:
+        """The key's rate-limit headers, uncharged."""
+        if self._limiter is None:
+            return ()
+        return headers_for(dialect.provider, self._limiter.peek(_api_key(dialect, request)))
+
+    def _refusal(self, dialect: Dialect, request: Request, exc: ApiError, script: Script) -> Reply:
+        """The error answer, with the key's limits unless it is an auth failure."""
+        if exc.headers or exc.status == 401:
+            return _error(dialect, exc, script, exc.headers)
+        return _error(dialect, exc, script, self._limits(dialect, request))
 
     def _admit(self, dialect: Dialect, request: Request, script: Script) -> None:
         """Raise unless the key passed and no error status was scripted."""
@@ -193,11 +238,13 @@ def _complete(
     )
 
 
-def _answer(dialect: Dialect, c: Completion, parsed: ParsedRequest, script: Script) -> Reply:
-    headers = _request_id(dialect)
+def _answer(
+    dialect: Dialect, c: Completion, parsed: ParsedRequest, script: Script, limits: Headers
+) -> Reply:
+    headers = (*_request_id(dialect), *limits)
     if not parsed.stream:
         body = dialect.completion_body(c, omit_usage=script.omit_usage)
-        return Reply(200, body=body, headers=headers, delay=script.delay)
+        return Reply(200, body=body, headers=headers, delay=script.delay, failure=script.failure)
     events = dialect.stream_events(
         c,
         per_chunk=script.tokens_per_chunk,
@@ -210,12 +257,36 @@ def _answer(dialect: Dialect, c: Completion, parsed: ParsedRequest, script: Scri
         delay=script.delay,
         stream=events,
         chunk_delay=script.chunk_delay,
+        failure=script.failure,
     )
 
 
-def _error(dialect: Dialect, exc: ApiError, script: Script) -> Reply:
+def _error(dialect: Dialect, exc: ApiError, script: Script, limits: Headers = ()) -> Reply:
     body = dialect.error_body(exc.status, exc.message)
-    return Reply(exc.status, body=body, headers=_request_id(dialect), delay=script.delay)
+    headers = (*_request_id(dialect), *limits)
+    return Reply(exc.status, body=body, headers=headers, delay=script.delay, failure=script.failure)
+
+
+def _token_cost(parsed: ParsedRequest, c: Completion) -> int:
+    """The providers' admission estimate: the prompt plus the completion cap of every
+    generated choice (no cap: what the mock will generate)."""
+    cap = c.completion_tokens if parsed.max_tokens is None else parsed.max_tokens * parsed.generated
+    return c.prompt_tokens + cap
+
+
+def _api_key(dialect: Dialect, request: Request) -> str | None:
+    """The key the provider would bill: the dialect's credential header, scheme removed."""
+    value = request.header(dialect.key_header)
+    prefix = dialect.key_prefix
+    if value is None or value[: len(prefix)].lower() != prefix.lower():
+        return value
+    return value[len(prefix) :]
+
+
+def _model_of(payload: object) -> str | None:
+    """The body's `model` (what `x-mock-only-model` compares), when it is a string."""
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def _encoded(reply: Reply, script: Script, request: Request) -> Reply:
