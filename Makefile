@@ -54,7 +54,8 @@ bench: setup $(LOADGEN)
 proto: setup
 	$(BIN)/python -m extproc.control.protogen
 
-# The Helm chart's copy of the Envoy local-reply mappers (a test fails while it is stale).
+# The Helm chart's copies of the Envoy local-reply mappers and failover clusters (a test
+# fails while either is stale).
 chart-files: setup
 	$(BIN)/python -m extproc.kube.envoy_config
 

@@ -9,6 +9,8 @@ classes that exist (every subclass drawn, under its real parent, in its real mod
     TokengateError
     ├── ClientError            an answer the caller sees, rendered in the provider's format
     │   ├── BadRequest           400  malformed JSON, bad field, nesting too deep
+    │   │   └── Untranslatable (extproc.providers.translate)   400  a field the serving
+    │   │                        backend's API cannot express (model routes)
     │   ├── Unauthenticated      401  no gateway key, unknown key
     │   ├── PermissionDenied     403  model not allowed, namespace without policy
     │   ├── NotFound             404  a route the gateway neither governs nor has been opened

@@ -13,7 +13,7 @@ from extproc.gate.processor import Processor
 from extproc.gate.routes import open_processor
 from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import parse_documents
-from extproc.policy.model import ApiKey, PolicySnapshot, QuotaPolicy, Route
+from extproc.policy.model import ApiKey, ModelRoute, PolicySnapshot, QuotaPolicy, Route
 from extproc.policy.prices import PriceTable
 from extproc.providers.tokens import TokenCounter
 from extproc.quota import MemoryBackend, ScopedLimit
@@ -51,6 +51,7 @@ def runtime_for(
         policies={d.namespace: d for d in docs if isinstance(d, QuotaPolicy)},
         keys_by_sha256={d.sha256: d for d in docs if isinstance(d, ApiKey)},
         routes=tuple(d for d in docs if isinstance(d, Route)),
+        model_routes=tuple(d for d in docs if isinstance(d, ModelRoute)),
         version="test",
         loaded_at=0.0,
     )

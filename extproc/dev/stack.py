@@ -33,6 +33,7 @@ from extproc.kube.envoy_config import (
     Upstream,
     render_local,
 )
+from extproc.kube.envoy_failover import FIRST_BYTE_TIMEOUT
 
 READY_TIMEOUT_S = 60.0
 LOOPBACK = "127.0.0.1"
@@ -166,6 +167,7 @@ class LocalStack:
     quota_store: str = "memory"
     vocab_dir: Path = Path(".cache/tiktoken")
     max_body_bytes: int = 4 * 1024 * 1024
+    first_byte_timeout: str = FIRST_BYTE_TIMEOUT  # model routes: before the next backend
     extra_serve_args: tuple[str, ...] = ()
     # Another bootstrap (e.g. the Helm chart's), made once the mock's and the sidecar's
     # ports are known; it gets those ports.
@@ -316,6 +318,7 @@ class LocalStack:
                     openai=upstreams["openai"],
                     anthropic=upstreams["anthropic"],
                     buffer_limit_bytes=self.max_body_bytes + 65536,
+                    first_byte_timeout=self.first_byte_timeout,
                     # check_ports() saw the port free; this keeps it ours from here on,
                     # even against a stack that starts between the check and the bind.
                     exclusive_listener=True,

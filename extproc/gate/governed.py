@@ -4,6 +4,7 @@ plain or streamed — counted and settled (`answers.py`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -22,7 +23,9 @@ from extproc.gate.admission import Admission, Tenant, check_model, expected_comp
 from extproc.gate.answers import PlainAnswer, StreamedAnswer
 from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
-from extproc.gate.processor import Processor, header_map, succeeded
+from extproc.gate.failover import MAX_RETRIES_HEADER
+from extproc.gate.processor import UPSTREAM_HEADER, Processor, header_map, succeeded
+from extproc.gate.routing import RoutePlan, plan, served_by
 from extproc.gate.runtime import Runtime
 from extproc.providers import ParsedRequest
 from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
@@ -31,6 +34,7 @@ from extproc.quota.clamp import at_minimum, fit_within, per_choice, room_after
 from extproc.quota.costing import Costing
 
 MAX_CLAMP_TRIES = 4  # a refusal per token/dollar limit at most; then the 429 stands
+ROUTABLE = ("chat.completions", "messages")  # endpoints a ModelRoute can serve elsewhere
 
 
 class GovernedProcessor(Processor):
@@ -50,6 +54,7 @@ class GovernedProcessor(Processor):
         self._reservation: Reservation | None = None
         self._answer: PlainAnswer | StreamedAnswer | None = None
         self._cap: int | None = None  # the completion cap the budget allows (clamping on)
+        self._plan: RoutePlan | None = None  # a ModelRoute serves this model
 
     @property
     def model(self) -> str:
@@ -90,9 +95,26 @@ class GovernedProcessor(Processor):
         if cap is not None:
             self._headers["x-tokengate-max-tokens"] = str(cap)
         rewritten = admission.request.body_with(cap)
+        if self._plan is not None:
+            return self._routed(self._plan, rewritten)
         if rewritten is not None:
             return replies.request_body_reply(rewritten)
         return replies.REQUEST_BODY_CONTINUE
+
+    def _routed(self, route: RoutePlan, body: bytes | None) -> ep.ProcessingResponse:
+        """Envoy's failover cluster for the route's backends; each attempt's upstream phase
+        sets its own credential, so the path provider's key set earlier goes."""
+        assert self._admission is not None
+        headers = {UPSTREAM_HEADER: route.cluster, MAX_RETRIES_HEADER: str(route.max_retries)}
+        metadata = route.metadata(
+            client=self._provider.name,
+            path=self._request_headers.get(":path", "/"),
+            stream=self._admission.request.stream,
+            headers=self._request_headers,
+        )
+        return replies.routed_body_reply(
+            body, set_headers=headers, remove=(self._key_header,), metadata=metadata
+        )
 
     async def _admit(self, tenant: Tenant, msg: ep.HttpBody) -> Admission:
         if not msg.end_of_stream or len(msg.body) > self._rt.limits.max_body_bytes:
@@ -104,13 +126,33 @@ class GovernedProcessor(Processor):
             raise
         self._model = parsed.model
         check_model(tenant, parsed.model)
-        costing = Costing.for_request(self._rt.prices, tenant.limits, parsed.model)
         prompt = await self._count_prompt(parsed)
+        self._plan = self._route_plan(tenant, parsed, prompt)
+        costing = (
+            self._plan.costing
+            if self._plan is not None
+            else Costing.for_request(self._rt.prices, tenant.limits, parsed.model)
+        )
         reservation, self._cap = await self._reserve_answer(tenant, parsed, costing, prompt)
         return Admission(
             tenant=tenant, request=parsed, provider=self._provider.name, costing=costing,
             prompt_tokens=prompt,
             reservation=reservation, admitted_at=time.perf_counter(),
+        )  # fmt: skip
+
+    def _route_plan(self, tenant: Tenant, parsed: ParsedRequest, prompt: int) -> RoutePlan | None:
+        if self._endpoint.name not in ROUTABLE:
+            return None
+        route = self._rt.policies.current.model_route(tenant.namespace, parsed.model)
+        if route is None:
+            return None
+        completion = expected_completion(
+            tenant.policy, asked=parsed.max_output_tokens, stream=False
+        )
+        return plan(
+            route, client=self._provider.name, body=parsed.body,
+            allows_model=tenant.policy.allows_model, prices=self._rt.prices,
+            limits=tenant.limits, estimate=(prompt, completion),
         )  # fmt: skip
 
     async def _reserve_answer(
@@ -182,6 +224,8 @@ class GovernedProcessor(Processor):
         if self._admission is None:
             return replies.response_headers_reply(set_headers=self._headers)
         self._reservation = None  # the answer settles it from now on
+        if self._plan is not None:
+            self._admission = self._served(self._admission, headers)
         try:
             decoder = decoder_for(
                 headers.get("content-encoding", ""), max_out=4 * self._rt.limits.max_body_bytes
@@ -198,6 +242,17 @@ class GovernedProcessor(Processor):
         # A decoded answer goes on uncompressed, in chunks of another length.
         remove = ("content-encoding", "content-length") if decoder is not None else ()
         return replies.response_headers_reply(set_headers=self._headers, remove=remove)
+
+    def _served(self, admission: Admission, headers: Mapping[str, str]) -> Admission:
+        """A routed answer is charged, priced and labelled as the backend that served it."""
+        served = served_by(headers)
+        if served is None:
+            return admission
+        provider, model = served
+        self._model = model
+        costing = Costing.for_request(self._rt.prices, admission.tenant.limits, model)
+        request = dataclasses.replace(admission.request, model=model)
+        return dataclasses.replace(admission, provider=provider, costing=costing, request=request)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         if self._answer is None:

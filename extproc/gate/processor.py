@@ -32,6 +32,10 @@ from extproc.quota import Cost, Decision, Refusal, Reservation, ratelimit_header
 log = logging.getLogger(__name__)
 
 UPSTREAM_HEADER = "x-tokengate-upstream"
+# Headers Envoy's router obeys (x-envoy-retry-on, -max-retries, -upstream-rq-timeout-ms, …):
+# a client could make Envoy retry a billed request or stretch its timeouts. Only the sidecar
+# sets them (a model route's retries).
+_ENVOY_CONTROL = "x-envoy-"
 _TRAILERS = {
     "request_trailers": ep.ProcessingResponse(request_trailers=ep.TrailersResponse()),
     "response_trailers": ep.ProcessingResponse(response_trailers=ep.TrailersResponse()),
@@ -104,9 +108,10 @@ class Processor(abc.ABC):
         if secret is None:
             missing = Unavailable(f"no provider credential configured for {self.upstream}")
             return self.refuse(missing)
+        remove = [h for h in credential_headers(self._request_headers) if h != self._key_header]
         return replies.request_headers_reply(
             set_headers=self.upstream_headers(secret.reveal()),
-            remove=[h for h in credential_headers(self._request_headers) if h != self._key_header],
+            remove=remove + [h for h in self._request_headers if h.startswith(_ENVOY_CONTROL)],
             mode=self.mode,
             clear_route_cache=True,
         )

@@ -100,6 +100,27 @@ def request_body_reply(body: bytes) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
 
 
+def routed_body_reply(
+    body: bytes | None,
+    *,
+    set_headers: Mapping[str, str],
+    remove: Iterable[str],
+    metadata: struct_pb2.Struct,
+) -> ep.ProcessingResponse:
+    """A model route, known once the body is read: new routing headers (the route is looked
+    up again), the body rewritten or not, and the route's facts for every attempt's upstream
+    phase in dynamic metadata."""
+    removed = [*remove, "content-length"] if body is not None else list(remove)
+    common = ep.CommonResponse(
+        header_mutation=_header_mutation(set_headers, removed), clear_route_cache=True
+    )
+    if body is not None:
+        common.body_mutation.body = body
+    return ep.ProcessingResponse(
+        request_body=ep.BodyResponse(response=common), dynamic_metadata=metadata
+    )
+
+
 def response_body_reply(body: bytes) -> ep.ProcessingResponse:
     """Send `body` to the client instead of this response chunk."""
     mutation = ep.BodyMutation(body=body) if body else ep.BodyMutation(clear_body=True)

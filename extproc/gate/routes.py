@@ -1,6 +1,8 @@
 """The route registry: which processor serves a request, chosen from its request line.
 
-Default deny. A governed endpoint (a POST to a path in `endpoints.ENDPOINTS`) gets a
+An upstream attempt of a model route (Envoy's upstream filter on a failover cluster, known
+by the route metadata it forwards) gets an `UpstreamProcessor`. Otherwise default deny: a
+governed endpoint (a POST to a path in `endpoints.ENDPOINTS`) gets a
 `GovernedProcessor`; a method and path that a `Route` policy opens gets a
 `PassthroughProcessor` (whether it is opened for the caller's namespace is checked once the
 caller is known); anything else a `RefusedProcessor`: 405 naming the allowed methods when
@@ -22,6 +24,7 @@ from extproc.gate.passthrough import PassthroughProcessor
 from extproc.gate.processor import Processor, header_map
 from extproc.gate.refused import RefusedProcessor
 from extproc.gate.runtime import Runtime
+from extproc.gate.upstream import UpstreamProcessor, is_upstream_attempt
 from extproc.policy.model import Route
 
 MAX_SHOWN_PATH = 200  # of a client's path echoed in a refusal
@@ -48,6 +51,8 @@ def open_processor(runtime: Runtime, request: ep.ProcessingRequest) -> Processor
     headers: Mapping[str, str] = (
         header_map(request.request_headers) if request.HasField("request_headers") else {}
     )
+    if is_upstream_attempt(request):  # an attempt of a model route, after Envoy's router
+        return UpstreamProcessor(runtime=runtime, request_headers=headers, first=request)
     method, path = headers.get(":method", ""), path_of(headers.get(":path", "/"))
     governed = GOVERNED.get((method, path))
     if governed is not None:

@@ -4,10 +4,10 @@ has `usd` limits — and then only with a price for the model, never a silent ze
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from extproc.errors import ConfigError, PermissionDenied
-from extproc.policy.model import Measure, QuotaPolicy
+from extproc.policy.model import Measure, PolicySnapshot
 from extproc.policy.prices import PICO_PER_MICRO, Price, PriceTable
 from extproc.quota.store import Cost
 from extproc.quota.windows import ScopedLimit
@@ -57,19 +57,30 @@ class Costing:
         return Cost(tokens=tokens, usd_micros=usd)
 
 
-def check_prices(policies: Iterable[QuotaPolicy], prices: PriceTable | None) -> None:
+def check_prices(snapshot: PolicySnapshot, prices: PriceTable | None) -> None:
     """Start-up check: a namespace with `usd` limits whose allow-list names an exact model
-    the table does not price would refuse every request for it; say so now. (Patterns can
-    only be checked per request: see `Costing.for_request`.)"""
-    for policy in policies:
+    the table does not price would refuse every request for it; say so now. A name a
+    `ModelRoute` serves is checked by the backends it sends to (those the namespace allows).
+    (Patterns can only be checked per request: see `Costing.for_request`.)"""
+    for policy in snapshot.policies.values():
         if not any(limit.measure is Measure.USD for limit in policy.limits):
             continue
         for model in policy.model_patterns:
-            if not _WILDCARD.search(model) and (prices is None or prices.price_for(model) is None):
-                raise ConfigError(
-                    f"{policy.source}: namespace {policy.namespace!r} has usd limits but the "
-                    f"price table has no price for allowed model {model!r}"
-                )
+            if _WILDCARD.search(model):
+                continue
+            route = snapshot.model_route(policy.namespace, model)
+            served = (
+                [b.model for b in route.backends if policy.allows_model(b.model)]
+                if route is not None
+                else [model]
+            )
+            for name in served:
+                if prices is None or prices.price_for(name) is None:
+                    via = f" (served by ModelRoute {route.name!r})" if route is not None else ""
+                    raise ConfigError(
+                        f"{policy.source}: namespace {policy.namespace!r} has usd limits but "
+                        f"the price table has no price for allowed model {name!r}{via}"
+                    )
 
 
 _WILDCARD = re.compile(r"[*?\[]")

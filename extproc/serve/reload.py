@@ -161,7 +161,7 @@ class Reloader:
                 self._policy_dirs, allow_usd=self._allow_usd, now=self._clock
             )
             if self._prices is not None:
-                check_prices(snapshot.policies.values(), self._prices)
+                check_prices(snapshot, self._prices)
         except ConfigError as exc:
             return exc
         return snapshot

@@ -26,7 +26,7 @@ def build_runtime(settings: ServeSettings) -> Runtime:
     tokens.use_vocab_dir(settings.vocab_dir)
     prices = load_price_table(settings.price_table) if settings.price_table else None
     snapshot = load_directories(settings.policy_dirs, allow_usd=prices is not None)
-    check_prices(snapshot.policies.values(), prices)
+    check_prices(snapshot, prices)
     credentials: dict[str, Secret] = {}
     for upstream, source in settings.credentials.items():
         secret = source.load()

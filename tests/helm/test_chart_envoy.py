@@ -17,10 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from extproc.kube.envoy_config import (
+    CHART_FAILOVER,
     CHART_MAPPERS,
     LocalEnvoy,
     ServiceAccountTokens,
     Upstream,
+    chart_failover_text,
     chart_mappers_text,
     render_local,
 )
@@ -69,6 +71,12 @@ def test_real_envoy_refuses_a_broken_chart_config(tmp_path: Path) -> None:
 def test_chart_reply_mappers_are_generated_from_python() -> None:
     assert CHART_MAPPERS.read_text() == chart_mappers_text(), (
         "helm/tokengate/files/local-reply-mappers.json is stale: run `make chart-files`"
+    )
+
+
+def test_chart_failover_clusters_are_generated_from_python() -> None:
+    assert CHART_FAILOVER.read_text() == chart_failover_text(), (
+        "helm/tokengate/files/failover.json is stale: run `make chart-files`"
     )
 
 

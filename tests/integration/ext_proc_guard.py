@@ -7,7 +7,9 @@ routing header it sets), so a route may reach one only through that header, and 
 connection manager needs an ext_proc filter talking to the sidecar, before the router,
 failing closed, asked for request headers, and not disabled, skipped or made asynchronous
 by any per-route override. No other filter or network filter may name a provider cluster.
-Anything this check cannot see through (xDS, RDS, ECDS) counts as a problem too."""
+A model route's failover cluster must run the sidecar's upstream phase, failing closed,
+before anything else on every attempt. Anything this check cannot see through (xDS, RDS,
+ECDS) counts as a problem too."""
 
 from __future__ import annotations
 
@@ -40,7 +42,24 @@ def ungoverned(bootstrap: dict[str, Any]) -> list[str]:
             where = f"listener {listener.get('name')!r} chain {index}"
             for network_filter in chain.get("filters", []):
                 problems += _network_filter(network_filter, where, providers)
+    for cluster in resources.get("clusters", []):
+        problems += _upstream_phase(cluster)
     return problems
+
+
+def _upstream_phase(cluster: dict[str, Any]) -> list[str]:
+    """A model route's failover cluster must send every attempt through the sidecar's
+    upstream phase (which sets that backend's credential and body), failing closed."""
+    if cluster.get("cluster_type", {}).get("name") != "envoy.clusters.composite":
+        return []
+    options = cluster.get("typed_extension_protocol_options", {}).get(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {}
+    )
+    filters = options.get("http_filters", [])
+    where = f"cluster {cluster.get('name')!r} upstream http_filters"
+    if not filters or not _is(filters[0], EXT_PROC, _EXT_PROC_TYPE):
+        return [f"{where}: no ext_proc first"]
+    return [f"{where}: {p}" for p in _ext_proc_settings(filters[0]["typed_config"], "ext_proc")]
 
 
 def _type_of(config: dict[str, Any]) -> str:

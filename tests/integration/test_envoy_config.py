@@ -72,13 +72,15 @@ def test_one_canonical_path_and_no_underscore_headers() -> None:
 
 
 def test_the_upstream_always_asks_for_identity() -> None:
-    (route,) = _manager(LocalEnvoy())["route_config"]["virtual_hosts"][0]["routes"]
-    assert route["request_headers_to_add"] == [
-        {
-            "header": {"key": "accept-encoding", "value": "identity"},
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-        }
-    ]
+    """Both routes: a model route's failover cluster, and the catch-all."""
+    failover, catch_all = _manager(LocalEnvoy())["route_config"]["virtual_hosts"][0]["routes"]
+    for route in (failover, catch_all):
+        assert route["request_headers_to_add"] == [
+            {
+                "header": {"key": "accept-encoding", "value": "identity"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
 
 
 def test_the_access_log_has_no_query_and_no_header() -> None:

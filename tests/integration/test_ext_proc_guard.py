@@ -213,8 +213,23 @@ def test_doctored_shipped_configs_are_caught() -> None:
     local = json.loads(render_local(LocalEnvoy()))
     _manager(local)["http_filters"][-2]["typed_config"]["failure_mode_allow"] = True
     assert ungoverned(local) == [
-        "listener 'llm' chain 0 http_filters: ext_proc failure_mode_allow: true "
-        "(route llm:{'prefix': '/'})"
+        "listener 'llm' chain 0 http_filters: ext_proc failure_mode_allow: true (route "
+        "llm:{'prefix': '/', 'headers': [{'name': 'x-tokengate-upstream', 'string_match': "
+        "{'prefix': 'failover.'}}]})"
+    ]
+    failover = json.loads(render_local(LocalEnvoy()))
+    cluster = next(c for c in failover["static_resources"]["clusters"]
+                   if c["name"] == "failover.openai.anthropic")  # fmt: skip
+    options = cluster["typed_extension_protocol_options"]
+    upstream = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    upstream["http_filters"][0]["typed_config"]["failure_mode_allow"] = True
+    assert ungoverned(failover) == [
+        "cluster 'failover.openai.anthropic' upstream http_filters: ext_proc "
+        "failure_mode_allow: true"
+    ]
+    del upstream["http_filters"][0]
+    assert ungoverned(failover) == [
+        "cluster 'failover.openai.anthropic' upstream http_filters: no ext_proc first"
     ]
     chart = envoy_bootstrap({})
     routes = _manager(chart)["route_config"]["virtual_hosts"][0]["routes"]

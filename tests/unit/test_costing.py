@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from extproc.errors import ConfigError, PermissionDenied
-from extproc.policy.model import Algorithm, Limit, Measure, QuotaPolicy
+from extproc.policy.model import (
+    Algorithm,
+    Backend,
+    Limit,
+    Measure,
+    ModelRoute,
+    PolicySnapshot,
+    QuotaPolicy,
+)
 from extproc.policy.prices import PriceTable
 from extproc.quota import Cost, Scope, ScopedLimit
 from extproc.quota.costing import Costing, check_prices
@@ -46,15 +54,34 @@ def test_estimate_actual_and_stream_debit_in_micro_dollars() -> None:
     assert costing.more_completion(64) == Cost(0, 64, 640)
 
 
+def _snapshot(*models: str, routes: tuple[ModelRoute, ...] = ()) -> PolicySnapshot:
+    policy = QuotaPolicy(
+        name="a", namespace="team-a", limits=tuple(s.limit for s in DOLLARS),
+        model_patterns=models, source="team-a.yaml",
+    )  # fmt: skip
+    return PolicySnapshot(
+        policies={"team-a": policy}, keys_by_sha256={}, version="t", loaded_at=0.0,
+        model_routes=routes,
+    )  # fmt: skip
+
+
 def test_start_up_check_names_an_allowed_model_without_a_price() -> None:
-    def policy(*models: str) -> QuotaPolicy:
-        return QuotaPolicy(
-            name="a", namespace="team-a", limits=tuple(s.limit for s in DOLLARS),
-            model_patterns=models, source="team-a.yaml",
+    check_prices(_snapshot("gpt-4o", "claude-*"), TABLE)  # patterns are checked per request
+    with pytest.raises(ConfigError, match="no price for allowed model 'gpt-5-unpriced'"):
+        check_prices(_snapshot("gpt-4o", "gpt-5-unpriced"), TABLE)
+    with pytest.raises(ConfigError, match=r"team-a\.yaml"):
+        check_prices(_snapshot("gpt-4o"), None)
+
+
+def test_start_up_check_prices_a_routed_alias_by_its_backends() -> None:
+    def route(*backends: str) -> ModelRoute:
+        return ModelRoute(
+            name="fast", namespace=None, model="fast",
+            backends=tuple(Backend(provider="openai", model=m) for m in backends),
         )  # fmt: skip
 
-    check_prices([policy("gpt-4o", "claude-*")], TABLE)  # patterns are checked per request
-    with pytest.raises(ConfigError, match="no price for allowed model 'gpt-5-unpriced'"):
-        check_prices([policy("gpt-4o", "gpt-5-unpriced")], TABLE)
-    with pytest.raises(ConfigError, match=r"team-a\.yaml"):
-        check_prices([policy("gpt-4o")], None)
+    check_prices(_snapshot("gpt-4o", "fast", routes=(route("gpt-4o"),)), TABLE)
+    with pytest.raises(ConfigError, match=r"'gpt-5-unpriced' \(served by ModelRoute 'fast'\)"):
+        check_prices(_snapshot("gpt-5*", "fast", routes=(route("gpt-5-unpriced"),)), TABLE)
+    # A backend the namespace does not allow is never sent to, so it needs no price.
+    check_prices(_snapshot("gpt-4o", "fast", routes=(route("gpt-4o", "o1-pro"),)), TABLE)

@@ -45,6 +45,8 @@ app.kubernetes.io/part-of: tokengate
       - endpoint:
           address:
             socket_address: {address: {{ $p.host | quote }}, port_value: {{ $p.port }}}
+        # Which API this host speaks, for the upstream phase of model routes.
+        metadata: {filter_metadata: {tokengate: {provider: {{ .name }}}}}
   {{- if $p.tls }}
   transport_socket:
     {{- include "tokengate.upstreamTls" $p.host | nindent 4 }}

@@ -1,0 +1,128 @@
+"""Model routes on the request path: which backends may serve this request, what they
+cost, and what Envoy and each attempt's upstream phase need to know. Pure: the governed
+processor asks, the quota store and Envoy do the rest.
+
+A backend is dropped from a request's chain (never silently sent something else) when the
+caller's allow-list does not name its model, when a caller with dollar limits would be
+charged for a model without a price, or when its API cannot express the request (e.g. `n`
+= 2 on Anthropic). With no backend left, the first reason is the answer: 403 or 400.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from extproc.errors import ClientError, PermissionDenied
+from extproc.gate.failover import BACKEND_HEADER, ROUTE_METADATA_NAMESPACE, cluster_name
+from extproc.policy.model import Backend, ModelRoute
+from extproc.policy.prices import PriceTable
+from extproc.providers.translate.registry import translation_for
+from extproc.quota.costing import Costing
+from extproc.quota.windows import ScopedLimit
+
+# Client headers an Anthropic backend needs back on every attempt: an earlier attempt to
+# another API may have removed them from the (shared) header map.
+ANTHROPIC_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """The backends that may serve one request, in order, and the costing it is reserved
+    at: the costliest of them, so that a fallback never overruns a reservation."""
+
+    route: ModelRoute
+    backends: tuple[Backend, ...]
+    costing: Costing
+
+    @property
+    def cluster(self) -> str:
+        return cluster_name([b.provider for b in self.backends])
+
+    @property
+    def max_retries(self) -> int:
+        return len(self.backends) - 1
+
+    def metadata(
+        self, *, client: str, path: str, stream: bool, headers: Mapping[str, str]
+    ) -> struct_pb2.Struct:
+        """What every attempt's upstream phase reads (`UpstreamProcessor`)."""
+        route: dict[str, Any] = {
+            "client": client,
+            "path": path,
+            "stream": stream,
+            "backends": [f"{b.provider}/{b.model}/{b.max_tokens}" for b in self.backends],
+        }
+        kept = {h: headers[h] for h in ANTHROPIC_CLIENT_HEADERS if h in headers}
+        if kept:
+            route["headers"] = kept
+        metadata = struct_pb2.Struct()
+        metadata.update({ROUTE_METADATA_NAMESPACE: route})
+        return metadata
+
+
+def plan(
+    route: ModelRoute,
+    *,
+    client: str,
+    body: Mapping[str, Any],
+    allows_model: Any,
+    prices: PriceTable | None,
+    limits: tuple[ScopedLimit, ...],
+    estimate: tuple[int, int],
+) -> RoutePlan:
+    """The request's chain; raises the first reason when no backend can serve it.
+    `allows_model(model) -> bool` is the caller's allow-list; `estimate` (prompt,
+    completion) ranks the backends' costings."""
+    usable: list[tuple[Backend, Costing]] = []
+    first_error: ClientError | None = None
+    for backend in route.backends:
+        try:
+            costing = _check(
+                backend,
+                client=client,
+                body=body,
+                allows_model=allows_model,
+                prices=prices,
+                limits=limits,
+            )
+            usable.append((backend, costing))
+        except ClientError as error:
+            first_error = first_error or error
+    if not usable:
+        assert first_error is not None
+        raise first_error
+    costliest = max(usable, key=lambda pair: pair[1].estimate(*estimate).usd_micros)[1]
+    return RoutePlan(route=route, backends=tuple(b for b, _ in usable), costing=costliest)
+
+
+def _check(
+    backend: Backend,
+    *,
+    client: str,
+    body: Mapping[str, Any],
+    allows_model: Any,
+    prices: PriceTable | None,
+    limits: tuple[ScopedLimit, ...],
+) -> Costing:
+    if not allows_model(backend.model):
+        raise PermissionDenied(
+            f"The model route sends this request to '{backend.model}', which this "
+            "namespace's policy does not allow."
+        )
+    costing = Costing.for_request(prices, limits, backend.model)
+    translation = translation_for(client, backend.provider)
+    if translation is not None:
+        translation.request(body, model=backend.model, default_max_tokens=backend.max_tokens)
+    return costing
+
+
+def served_by(response_headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """(provider, model) from the upstream phase's answer header, if it set one."""
+    provider, slash, model = response_headers.get(BACKEND_HEADER, "").partition("/")
+    if not slash or not provider or not model:
+        return None
+    return provider, model.split(";", 1)[0].strip()
