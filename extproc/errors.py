@@ -21,6 +21,8 @@ classes that exist (every subclass drawn, under its real parent, in its real mod
     │   ├── InternalFailure      500  a bug in tokengate: generic text, details only in the log
     │   ├── BadGateway           502  an upstream answer the gateway cannot read to count it
     │   └── Unavailable          503  a dependency is down and the policy fails closed
+    │       └── BackendsDown     503  every backend of a model route is skipped (breakers
+    │                            open); 429 when their providers' limits are reached
     ├── ConfigError            bad settings or a bad policy file: stops start-up, never a request
     │   ├── PolicyError          names the file, the document and the field
     │   └── PriceTableError (extproc.policy.prices)   names the file and the field
@@ -172,6 +174,24 @@ class Unavailable(ClientError):
     status = 503
     error_type = "api_error"
     code = "gateway_unavailable"
+
+
+class BackendsDown(Unavailable):
+    """Every backend of the request's model route is skipped: breakers open (or probing),
+    or its provider's rate limit reached. `retry_after`: when the first may be tried."""
+
+    outcome = "backends_down"
+    code = "backends_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float, status: int = 503) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+        if status == 429:
+            self.error_type = "rate_limit_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, int(-(-self.retry_after // 1))))}
 
 
 class ConfigError(TokengateError):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x14tokengate.control.v1\"(\n\x06\x43\x61ller\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xa1\x01\n\nLimitUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0f\n\x07measure\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x0b\n\x03per\x18\x05 \x01(\t\x12\x0c\n\x04used\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\x12\x11\n\tremaining\x18\x08 \x01(\x03\x12\x15\n\rreset_seconds\x18\t \x01(\x01\"?\n\x0fGetUsageRequest\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\"n\n\x10GetUsageResponse\x12\x30\n\x06limits\x18\x01 \x03(\x0b\x32 .tokengate.control.v1.LimitUsage\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x10\n\x08store_up\x18\x03 \x01(\x08\"E\n\x13TopConsumersRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x0f\n\x07measure\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"H\n\x08\x43onsumer\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"j\n\x14TopConsumersResponse\x12\x31\n\tconsumers\x18\x01 \x03(\x0b\x32\x1e.tokengate.control.v1.Consumer\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0f\n\x07measure\x18\x03 \x01(\t\"\x12\n\x10GetPolicyRequest\"\xce\x01\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tloaded_at\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12\x12\n\nnamespaces\x18\x04 \x03(\t\x12\x0c\n\x04keys\x18\x05 \x01(\x05\x12\x19\n\x11last_reload_error\x18\x06 \x01(\t\x12\x16\n\x0elast_reload_at\x18\x07 \x01(\x01\x12/\n\x06routes\x18\x08 \x03(\x0b\x32\x1f.tokengate.control.v1.OpenRoute\"\x81\x01\n\tOpenRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\nnamespaces\x18\x06 \x03(\t\x12\x0e\n\x06limits\x18\x07 \x03(\t\"6\n\x15ValidatePolicyRequest\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"O\n\rPolicyProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x05\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\"q\n\x16ValidatePolicyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x35\n\x08problems\x18\x02 \x03(\x0b\x32#.tokengate.control.v1.PolicyProblem\x12\x11\n\tdocuments\x18\x03 \x01(\x05\"\xfd\x01\n\x12SetOverrideRequest\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12;\n\x04kind\x18\x02 \x01(\x0e\x32-.tokengate.control.v1.SetOverrideRequest.Kind\x12\r\n\x05limit\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\"8\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x42LOCK\x10\x01\x12\x0f\n\x0b\x45XTRA_QUOTA\x10\x02\")\n\x13SetOverrideResponse\x12\x12\n\nexpires_at\x18\x01 \x01(\x01\"Q\n\x11ResetUsageRequest\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12\x0e\n\x06reason\x18\x02 \x01(\t\"*\n\x12ResetUsageResponse\x12\x14\n\x0climits_reset\x18\x01 \x01(\x05\"#\n\x12WatchEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\"o\n\x05\x45vent\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12,\n\x06\x63\x61ller\x18\x03 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12\r\n\x05limit\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t2\xb3\x05\n\x07\x43ontrol\x12Y\n\x08GetUsage\x12%.tokengate.control.v1.GetUsageRequest\x1a&.tokengate.control.v1.GetUsageResponse\x12\x65\n\x0cTopConsumers\x12).tokengate.control.v1.TopConsumersRequest\x1a*.tokengate.control.v1.TopConsumersResponse\x12\\\n\tGetPolicy\x12&.tokengate.control.v1.GetPolicyRequest\x1a\'.tokengate.control.v1.GetPolicyResponse\x12k\n\x0eValidatePolicy\x12+.tokengate.control.v1.ValidatePolicyRequest\x1a,.tokengate.control.v1.ValidatePolicyResponse\x12\x62\n\x0bSetOverride\x12(.tokengate.control.v1.SetOverrideRequest\x1a).tokengate.control.v1.SetOverrideResponse\x12_\n\nResetUsage\x12\'.tokengate.control.v1.ResetUsageRequest\x1a(.tokengate.control.v1.ResetUsageResponse\x12V\n\x0bWatchEvents\x12(.tokengate.control.v1.WatchEventsRequest\x1a\x1b.tokengate.control.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x14tokengate.control.v1\"(\n\x06\x43\x61ller\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xa1\x01\n\nLimitUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0f\n\x07measure\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x0b\n\x03per\x18\x05 \x01(\t\x12\x0c\n\x04used\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\x12\x11\n\tremaining\x18\x08 \x01(\x03\x12\x15\n\rreset_seconds\x18\t \x01(\x01\"?\n\x0fGetUsageRequest\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\"n\n\x10GetUsageResponse\x12\x30\n\x06limits\x18\x01 \x03(\x0b\x32 .tokengate.control.v1.LimitUsage\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x10\n\x08store_up\x18\x03 \x01(\x08\"E\n\x13TopConsumersRequest\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x0f\n\x07measure\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"H\n\x08\x43onsumer\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"j\n\x14TopConsumersResponse\x12\x31\n\tconsumers\x18\x01 \x03(\x0b\x32\x1e.tokengate.control.v1.Consumer\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0f\n\x07measure\x18\x03 \x01(\t\"\x12\n\x10GetPolicyRequest\"\x8a\x02\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tloaded_at\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12\x12\n\nnamespaces\x18\x04 \x03(\t\x12\x0c\n\x04keys\x18\x05 \x01(\x05\x12\x19\n\x11last_reload_error\x18\x06 \x01(\t\x12\x16\n\x0elast_reload_at\x18\x07 \x01(\x01\x12/\n\x06routes\x18\x08 \x03(\x0b\x32\x1f.tokengate.control.v1.OpenRoute\x12:\n\x0cmodel_routes\x18\t \x03(\x0b\x32$.tokengate.control.v1.ModelRouteInfo\"R\n\x0eModelRouteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\"\x14\n\x12GetBackendsRequest\"\xfc\x01\n\rBackendHealth\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x05\x12\x18\n\x10open_for_seconds\x18\x04 \x01(\x01\x12\x1a\n\x12remaining_requests\x18\x05 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x06 \x01(\x03\x12\x1e\n\x16requests_reset_seconds\x18\x07 \x01(\x01\x12\x1c\n\x14tokens_reset_seconds\x18\x08 \x01(\x01\x12\x1b\n\x13retry_after_seconds\x18\t \x01(\x01\x12\x0e\n\x06routes\x18\n \x03(\t\"^\n\x13GetBackendsResponse\x12\x35\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32#.tokengate.control.v1.BackendHealth\x12\x10\n\x08store_up\x18\x02 \x01(\x08\"\x81\x01\n\tOpenRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\nnamespaces\x18\x06 \x03(\t\x12\x0e\n\x06limits\x18\x07 \x03(\t\"6\n\x15ValidatePolicyRequest\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"O\n\rPolicyProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x05\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\"q\n\x16ValidatePolicyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x35\n\x08problems\x18\x02 \x03(\x0b\x32#.tokengate.control.v1.PolicyProblem\x12\x11\n\tdocuments\x18\x03 \x01(\x05\"\xfd\x01\n\x12SetOverrideRequest\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12;\n\x04kind\x18\x02 \x01(\x0e\x32-.tokengate.control.v1.SetOverrideRequest.Kind\x12\r\n\x05limit\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\"8\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x42LOCK\x10\x01\x12\x0f\n\x0b\x45XTRA_QUOTA\x10\x02\")\n\x13SetOverrideResponse\x12\x12\n\nexpires_at\x18\x01 \x01(\x01\"Q\n\x11ResetUsageRequest\x12,\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12\x0e\n\x06reason\x18\x02 \x01(\t\"*\n\x12ResetUsageResponse\x12\x14\n\x0climits_reset\x18\x01 \x01(\x05\"#\n\x12WatchEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\"o\n\x05\x45vent\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12,\n\x06\x63\x61ller\x18\x03 \x01(\x0b\x32\x1c.tokengate.control.v1.Caller\x12\r\n\x05limit\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t2\x97\x06\n\x07\x43ontrol\x12Y\n\x08GetUsage\x12%.tokengate.control.v1.GetUsageRequest\x1a&.tokengate.control.v1.GetUsageResponse\x12\x65\n\x0cTopConsumers\x12).tokengate.control.v1.TopConsumersRequest\x1a*.tokengate.control.v1.TopConsumersResponse\x12\\\n\tGetPolicy\x12&.tokengate.control.v1.GetPolicyRequest\x1a\'.tokengate.control.v1.GetPolicyResponse\x12k\n\x0eValidatePolicy\x12+.tokengate.control.v1.ValidatePolicyRequest\x1a,.tokengate.control.v1.ValidatePolicyResponse\x12\x62\n\x0bSetOverride\x12(.tokengate.control.v1.SetOverrideRequest\x1a).tokengate.control.v1.SetOverrideResponse\x12_\n\nResetUsage\x12\'.tokengate.control.v1.ResetUsageRequest\x1a(.tokengate.control.v1.ResetUsageResponse\x12V\n\x0bWatchEvents\x12(.tokengate.control.v1.WatchEventsRequest\x1a\x1b.tokengate.control.v1.Event0\x01\x12\x62\n\x0bGetBackends\x12(.tokengate.control.v1.GetBackendsRequest\x1a).tokengate.control.v1.GetBackendsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,29 +48,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPOLICYREQUEST']._serialized_start=675
   _globals['_GETPOLICYREQUEST']._serialized_end=693
   _globals['_GETPOLICYRESPONSE']._serialized_start=696
-  _globals['_GETPOLICYRESPONSE']._serialized_end=902
-  _globals['_OPENROUTE']._serialized_start=905
-  _globals['_OPENROUTE']._serialized_end=1034
-  _globals['_VALIDATEPOLICYREQUEST']._serialized_start=1036
-  _globals['_VALIDATEPOLICYREQUEST']._serialized_end=1090
-  _globals['_POLICYPROBLEM']._serialized_start=1092
-  _globals['_POLICYPROBLEM']._serialized_end=1171
-  _globals['_VALIDATEPOLICYRESPONSE']._serialized_start=1173
-  _globals['_VALIDATEPOLICYRESPONSE']._serialized_end=1286
-  _globals['_SETOVERRIDEREQUEST']._serialized_start=1289
-  _globals['_SETOVERRIDEREQUEST']._serialized_end=1542
-  _globals['_SETOVERRIDEREQUEST_KIND']._serialized_start=1486
-  _globals['_SETOVERRIDEREQUEST_KIND']._serialized_end=1542
-  _globals['_SETOVERRIDERESPONSE']._serialized_start=1544
-  _globals['_SETOVERRIDERESPONSE']._serialized_end=1585
-  _globals['_RESETUSAGEREQUEST']._serialized_start=1587
-  _globals['_RESETUSAGEREQUEST']._serialized_end=1668
-  _globals['_RESETUSAGERESPONSE']._serialized_start=1670
-  _globals['_RESETUSAGERESPONSE']._serialized_end=1712
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1714
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1749
-  _globals['_EVENT']._serialized_start=1751
-  _globals['_EVENT']._serialized_end=1862
-  _globals['_CONTROL']._serialized_start=1865
-  _globals['_CONTROL']._serialized_end=2556
+  _globals['_GETPOLICYRESPONSE']._serialized_end=962
+  _globals['_MODELROUTEINFO']._serialized_start=964
+  _globals['_MODELROUTEINFO']._serialized_end=1046
+  _globals['_GETBACKENDSREQUEST']._serialized_start=1048
+  _globals['_GETBACKENDSREQUEST']._serialized_end=1068
+  _globals['_BACKENDHEALTH']._serialized_start=1071
+  _globals['_BACKENDHEALTH']._serialized_end=1323
+  _globals['_GETBACKENDSRESPONSE']._serialized_start=1325
+  _globals['_GETBACKENDSRESPONSE']._serialized_end=1419
+  _globals['_OPENROUTE']._serialized_start=1422
+  _globals['_OPENROUTE']._serialized_end=1551
+  _globals['_VALIDATEPOLICYREQUEST']._serialized_start=1553
+  _globals['_VALIDATEPOLICYREQUEST']._serialized_end=1607
+  _globals['_POLICYPROBLEM']._serialized_start=1609
+  _globals['_POLICYPROBLEM']._serialized_end=1688
+  _globals['_VALIDATEPOLICYRESPONSE']._serialized_start=1690
+  _globals['_VALIDATEPOLICYRESPONSE']._serialized_end=1803
+  _globals['_SETOVERRIDEREQUEST']._serialized_start=1806
+  _globals['_SETOVERRIDEREQUEST']._serialized_end=2059
+  _globals['_SETOVERRIDEREQUEST_KIND']._serialized_start=2003
+  _globals['_SETOVERRIDEREQUEST_KIND']._serialized_end=2059
+  _globals['_SETOVERRIDERESPONSE']._serialized_start=2061
+  _globals['_SETOVERRIDERESPONSE']._serialized_end=2102
+  _globals['_RESETUSAGEREQUEST']._serialized_start=2104
+  _globals['_RESETUSAGEREQUEST']._serialized_end=2185
+  _globals['_RESETUSAGERESPONSE']._serialized_start=2187
+  _globals['_RESETUSAGERESPONSE']._serialized_end=2229
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=2231
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=2266
+  _globals['_EVENT']._serialized_start=2268
+  _globals['_EVENT']._serialized_end=2379
+  _globals['_CONTROL']._serialized_start=2382
+  _globals['_CONTROL']._serialized_end=3173
 # @@protoc_insertion_point(module_scope)

@@ -86,7 +86,7 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPolicyResponse(_message.Message):
-    __slots__ = ("version", "loaded_at", "sources", "namespaces", "keys", "last_reload_error", "last_reload_at", "routes")
+    __slots__ = ("version", "loaded_at", "sources", "namespaces", "keys", "last_reload_error", "last_reload_at", "routes", "model_routes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class GetPolicyResponse(_message.Message):
     LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_RELOAD_AT_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ROUTES_FIELD_NUMBER: _ClassVar[int]
     version: str
     loaded_at: float
     sources: _containers.RepeatedScalarFieldContainer[str]
@@ -103,7 +104,56 @@ class GetPolicyResponse(_message.Message):
     last_reload_error: str
     last_reload_at: float
     routes: _containers.RepeatedCompositeFieldContainer[OpenRoute]
-    def __init__(self, version: _Optional[str] = ..., loaded_at: _Optional[float] = ..., sources: _Optional[_Iterable[str]] = ..., namespaces: _Optional[_Iterable[str]] = ..., keys: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[float] = ..., routes: _Optional[_Iterable[_Union[OpenRoute, _Mapping]]] = ...) -> None: ...
+    model_routes: _containers.RepeatedCompositeFieldContainer[ModelRouteInfo]
+    def __init__(self, version: _Optional[str] = ..., loaded_at: _Optional[float] = ..., sources: _Optional[_Iterable[str]] = ..., namespaces: _Optional[_Iterable[str]] = ..., keys: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_at: _Optional[float] = ..., routes: _Optional[_Iterable[_Union[OpenRoute, _Mapping]]] = ..., model_routes: _Optional[_Iterable[_Union[ModelRouteInfo, _Mapping]]] = ...) -> None: ...
+
+class ModelRouteInfo(_message.Message):
+    __slots__ = ("name", "namespace", "model", "backends")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    model: str
+    backends: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., model: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetBackendsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BackendHealth(_message.Message):
+    __slots__ = ("backend", "state", "failures", "open_for_seconds", "remaining_requests", "remaining_tokens", "requests_reset_seconds", "tokens_reset_seconds", "retry_after_seconds", "routes")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FOR_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_RESET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_RESET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    state: str
+    failures: int
+    open_for_seconds: float
+    remaining_requests: int
+    remaining_tokens: int
+    requests_reset_seconds: float
+    tokens_reset_seconds: float
+    retry_after_seconds: float
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, backend: _Optional[str] = ..., state: _Optional[str] = ..., failures: _Optional[int] = ..., open_for_seconds: _Optional[float] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., requests_reset_seconds: _Optional[float] = ..., tokens_reset_seconds: _Optional[float] = ..., retry_after_seconds: _Optional[float] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetBackendsResponse(_message.Message):
+    __slots__ = ("backends", "store_up")
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_UP_FIELD_NUMBER: _ClassVar[int]
+    backends: _containers.RepeatedCompositeFieldContainer[BackendHealth]
+    store_up: bool
+    def __init__(self, backends: _Optional[_Iterable[_Union[BackendHealth, _Mapping]]] = ..., store_up: _Optional[bool] = ...) -> None: ...
 
 class OpenRoute(_message.Message):
     __slots__ = ("name", "namespace", "methods", "path", "provider", "namespaces", "limits")

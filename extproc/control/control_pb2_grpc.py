@@ -69,6 +69,11 @@ class ControlStub:
                 request_serializer=control__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=control__pb2.Event.FromString,
                 _registered_method=True)
+        self.GetBackends = channel.unary_unary(
+                '/tokengate.control.v1.Control/GetBackends',
+                request_serializer=control__pb2.GetBackendsRequest.SerializeToString,
+                response_deserializer=control__pb2.GetBackendsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -123,6 +128,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBackends(self, request, context):
+        """The backends of the model routes in force: circuit breaker and provider headroom.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +172,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=control__pb2.WatchEventsRequest.FromString,
                     response_serializer=control__pb2.Event.SerializeToString,
+            ),
+            'GetBackends': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBackends,
+                    request_deserializer=control__pb2.GetBackendsRequest.FromString,
+                    response_serializer=control__pb2.GetBackendsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +368,33 @@ class Control:
             '/tokengate.control.v1.Control/WatchEvents',
             control__pb2.WatchEventsRequest.SerializeToString,
             control__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBackends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokengate.control.v1.Control/GetBackends',
+            control__pb2.GetBackendsRequest.SerializeToString,
+            control__pb2.GetBackendsResponse.FromString,
             options,
             channel_credentials,
             insecure,

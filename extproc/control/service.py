@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio as grpc_aio
 
+from extproc.backends.health import BackendState
 from extproc.control import control_pb2 as pb
 from extproc.control import control_pb2_grpc as pb_grpc
 from extproc.errors import ConfigError, PolicyError, QuotaStoreError
@@ -160,6 +161,31 @@ class ControlService(pb_grpc.ControlServicer):
                 )
                 for r in snapshot.routes
             ],
+            model_routes=[
+                pb.ModelRouteInfo(
+                    name=r.name,
+                    namespace=r.namespace or "",
+                    model=r.model,
+                    backends=[f"{b.provider}/{b.model}" for b in r.backends],
+                )
+                for r in snapshot.model_routes
+            ],
+        )
+
+    async def GetBackends(
+        self, request: pb.GetBackendsRequest, context: Any
+    ) -> pb.GetBackendsResponse:
+        """Every backend the model routes in force name, with the routes naming it."""
+        routes: dict[str, list[str]] = {}
+        for route in self._rt.policies.current.model_routes:
+            for backend in route.backends:
+                routes.setdefault(f"{backend.provider}/{backend.model}", []).append(route.name)
+        try:
+            states = await self._rt.health.view(sorted(routes))
+        except QuotaStoreError:
+            return pb.GetBackendsResponse(store_up=False)
+        return pb.GetBackendsResponse(
+            backends=[_backend(state, routes[state.backend]) for state in states], store_up=True
         )
 
     async def ValidatePolicy(
@@ -240,6 +266,21 @@ class ControlService(pb_grpc.ControlServicer):
                 limit=event.limit,
                 caller=pb.Caller(namespace=event.namespace, key=event.key),
             )
+
+
+def _backend(state: BackendState, routes: list[str]) -> pb.BackendHealth:
+    def known(value: float | None) -> float:
+        return -1 if value is None else value
+
+    return pb.BackendHealth(
+        backend=state.backend, state=state.state, failures=state.failures,
+        open_for_seconds=state.open_for_s,
+        remaining_requests=int(known(state.remaining_requests)),
+        remaining_tokens=int(known(state.remaining_tokens)),
+        requests_reset_seconds=known(state.requests_reset_s),
+        tokens_reset_seconds=known(state.tokens_reset_s),
+        retry_after_seconds=known(state.retry_after_s), routes=routes,
+    )  # fmt: skip
 
 
 class _Refused(Exception):

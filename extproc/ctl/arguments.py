@@ -16,6 +16,7 @@ from extproc.ctl import commands, values
 DEFAULT_SERVER = "127.0.0.1:50052"
 EVENT_KINDS = (
     "refusal", "cut", "store_down", "store_up", "reload", "reload_error", "override", "reset",
+    "backend_opened", "backend_reopened", "backend_closed",
 )  # fmt: skip
 
 
@@ -101,6 +102,7 @@ def build_parser(*, description: str) -> argparse.ArgumentParser:
     reset = command(group, "reset", commands.reset, "reset a caller's counters")
     _caller_arguments(reset)
     reset.add_argument("--reason", type=values.parse_nonblank, required=True, metavar="TEXT")
+    command(group, "backends", commands.backends, "model routes' backends: breaker, headroom")
     events = command(group, "events", commands.events, "live enforcement events")
     events.add_argument(
         "--kind", action="append", choices=EVENT_KINDS, default=[],

@@ -35,6 +35,7 @@ class ControlApi(Protocol):
     SetOverride: grpc.UnaryUnaryMultiCallable[pb.SetOverrideRequest, pb.SetOverrideResponse]
     ResetUsage: grpc.UnaryUnaryMultiCallable[pb.ResetUsageRequest, pb.ResetUsageResponse]
     WatchEvents: grpc.UnaryStreamMultiCallable[pb.WatchEventsRequest, pb.Event]
+    GetBackends: grpc.UnaryUnaryMultiCallable[pb.GetBackendsRequest, pb.GetBackendsResponse]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

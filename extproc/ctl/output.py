@@ -161,6 +161,29 @@ def top_table(response: pb.TopConsumersResponse) -> str:
     return table(("NAMESPACE", "KEY", measure.upper()), rows)
 
 
+def backends_table(response: pb.GetBackendsResponse) -> str:
+    """One line per backend: breaker state, failures, and what its provider has left."""
+
+    def left(value: int, reset: float) -> str:
+        return NONE if value < 0 else f"{value:,}" + (f" ({duration(reset)})" if reset >= 0 else "")
+
+    rows = [
+        (
+            b.backend,
+            b.state + (f" {duration(b.open_for_seconds)}" if b.open_for_seconds > 0 else ""),
+            str(b.failures),
+            left(b.remaining_requests, b.requests_reset_seconds),
+            left(b.remaining_tokens, b.tokens_reset_seconds),
+            duration(b.retry_after_seconds) if b.retry_after_seconds > 0 else NONE,
+            ", ".join(b.routes),
+        )
+        for b in response.backends
+    ]
+    headers = ("BACKEND", "BREAKER", "FAILURES", "REQUESTS LEFT", "TOKENS LEFT", "RETRY-AFTER",
+               "ROUTES")  # fmt: skip
+    return table(headers, rows)
+
+
 def policy_text(response: pb.GetPolicyResponse) -> str:
     namespaces = ", ".join(response.namespaces) or NONE
     fields = [
@@ -172,11 +195,19 @@ def policy_text(response: pb.GetPolicyResponse) -> str:
         ("last reload", iso_utc(response.last_reload_at)),
         ("last reload error", response.last_reload_error or "none"),
         ("routes opened", str(len(response.routes)) if response.routes else "none (default deny)"),
+        ("model routes", str(len(response.model_routes)) if response.model_routes else "none"),
     ]
     width = max(len(name) for name, _ in fields) + 1
     lines = [f"{(name + ':').ljust(width)}  {value}\n" for name, value in fields]
     lines.extend(f"  {_route_line(route)}\n" for route in response.routes)
+    lines.extend(f"  {_model_route_line(route)}\n" for route in response.model_routes)
     return "".join(lines)
+
+
+def _model_route_line(route: pb.ModelRouteInfo) -> str:
+    """`gpt-4o -> openai/gpt-4o, anthropic/claude-sonnet-4-5 (gpt-4o, cluster-wide)`."""
+    where = f"namespace {route.namespace}" if route.namespace else "cluster-wide"
+    return f"model {route.model} -> {', '.join(route.backends)} ({route.name}, {where})"
 
 
 def _route_line(route: pb.OpenRoute) -> str:

@@ -169,6 +169,7 @@ class LocalStack:
     max_body_bytes: int = 4 * 1024 * 1024
     first_byte_timeout: str = FIRST_BYTE_TIMEOUT  # model routes: before the next backend
     extra_serve_args: tuple[str, ...] = ()
+    extra_mock_args: tuple[str, ...] = ()  # e.g. ("--key-rpm", "6")
     # Another bootstrap (e.g. the Helm chart's), made once the mock's and the sidecar's
     # ports are known; it gets those ports.
     envoy_config: Callable[[Mapping[str, int]], str] | None = None
@@ -260,7 +261,8 @@ class LocalStack:
         child = Child(
             "mock-provider",
             _tokengate("mock-provider", "--port", str(self.mock_port),
-                       "--require-key", self.mock_key, "--vocab-dir", str(self.vocab_dir)),
+                       "--require-key", self.mock_key, "--vocab-dir", str(self.vocab_dir),
+                       *self.extra_mock_args),
             log_dir=self.run_dir,
             env=child_env(),
             ready_prefix="mock-provider listening on ",

@@ -5,6 +5,7 @@ plain or streamed — counted and settled (`answers.py`)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping
 
@@ -16,6 +17,7 @@ from extproc.errors import (
     BadRequest,
     ClientError,
     PayloadTooLarge,
+    QuotaStoreError,
     UnsupportedMediaType,
 )
 from extproc.gate import replies
@@ -25,13 +27,15 @@ from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
 from extproc.gate.failover import MAX_RETRIES_HEADER
 from extproc.gate.processor import UPSTREAM_HEADER, Processor, header_map, succeeded
-from extproc.gate.routing import RoutePlan, plan, served_by
+from extproc.gate.routing import RoutePlan, backend_id, healthy, plan, served_by
 from extproc.gate.runtime import Runtime
 from extproc.providers import ParsedRequest
 from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
 from extproc.quota import Reservation
 from extproc.quota.clamp import at_minimum, fit_within, per_choice, room_after
 from extproc.quota.costing import Costing
+
+log = logging.getLogger(__name__)
 
 MAX_CLAMP_TRIES = 4  # a refusal per token/dollar limit at most; then the 429 stands
 ROUTABLE = ("chat.completions", "messages")  # endpoints a ModelRoute can serve elsewhere
@@ -127,7 +131,7 @@ class GovernedProcessor(Processor):
         self._model = parsed.model
         check_model(tenant, parsed.model)
         prompt = await self._count_prompt(parsed)
-        self._plan = self._route_plan(tenant, parsed, prompt)
+        self._plan = await self._route_plan(tenant, parsed, prompt)
         costing = (
             self._plan.costing
             if self._plan is not None
@@ -140,7 +144,9 @@ class GovernedProcessor(Processor):
             reservation=reservation, admitted_at=time.perf_counter(),
         )  # fmt: skip
 
-    def _route_plan(self, tenant: Tenant, parsed: ParsedRequest, prompt: int) -> RoutePlan | None:
+    async def _route_plan(
+        self, tenant: Tenant, parsed: ParsedRequest, prompt: int
+    ) -> RoutePlan | None:
         if self._endpoint.name not in ROUTABLE:
             return None
         route = self._rt.policies.current.model_route(tenant.namespace, parsed.model)
@@ -149,11 +155,26 @@ class GovernedProcessor(Processor):
         completion = expected_completion(
             tenant.policy, asked=parsed.max_output_tokens, stream=False
         )
-        return plan(
+        chain = plan(
             route, client=self._provider.name, body=parsed.body,
             allows_model=tenant.policy.allows_model, prices=self._rt.prices,
             limits=tenant.limits, estimate=(prompt, completion),
         )  # fmt: skip
+        return await self._healthy(chain, tokens=prompt + completion)
+
+    async def _healthy(self, chain: RoutePlan, *, tokens: int) -> RoutePlan:
+        """Skip backends whose breaker is open or whose provider limit is reached; with the
+        health store unreachable, every backend is tried (Envoy still fails over)."""
+        ids = [backend_id(b) for b in chain.backends]
+        try:
+            verdicts = await self._rt.health.admit(ids, tokens=tokens)
+        except QuotaStoreError as exc:
+            log.warning("backend health unavailable, trying every backend: %s", exc)
+            return chain
+        for backend, verdict in zip(ids, verdicts, strict=True):
+            if not verdict.usable:
+                self._rt.metrics.backend_skipped.labels(backend, verdict.verdict.value).inc()
+        return healthy(chain, verdicts)
 
     async def _reserve_answer(
         self, tenant: Tenant, parsed: ParsedRequest, costing: Costing, prompt: int

@@ -10,13 +10,15 @@ charged for a model without a price, or when its API cannot express the request 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
 
-from extproc.errors import ClientError, PermissionDenied
+from extproc.backends.health import Admit, Verdict
+from extproc.errors import BackendsDown, ClientError, PermissionDenied
 from extproc.gate.failover import BACKEND_HEADER, ROUTE_METADATA_NAMESPACE, cluster_name
 from extproc.policy.model import Backend, ModelRoute
 from extproc.policy.prices import PriceTable
@@ -118,6 +120,30 @@ def _check(
     if translation is not None:
         translation.request(body, model=backend.model, default_max_tokens=backend.max_tokens)
     return costing
+
+
+def backend_id(backend: Backend) -> str:
+    """How backend health names a backend (breaker, headroom, metrics labels)."""
+    return f"{backend.provider}/{backend.model}"
+
+
+def healthy(route: RoutePlan, verdicts: Sequence[Admit]) -> RoutePlan:
+    """The chain without the backends health skips (in order; the first left is the one
+    the store claimed). None left: 503 while breakers are open, 429 when every skipped
+    backend's provider limit is reached, Retry-After the soonest wait."""
+    kept = tuple(b for b, v in zip(route.backends, verdicts, strict=True) if v.usable)
+    if kept:
+        return dataclasses.replace(route, backends=kept)
+    exhausted = all(v.verdict is Verdict.EXHAUSTED for v in verdicts)
+    wait = min((v.wait_s for v in verdicts if v.wait_s > 0), default=1.0)
+    names = ", ".join(backend_id(b) for b in route.backends)
+    reason = "their providers' rate limits are reached" if exhausted else "they are failing"
+    raise BackendsDown(
+        f"Every backend of model route '{route.route.name}' ({names}) is skipped: {reason}. "
+        f"Retry in {wait:.0f} s.",
+        retry_after=wait,
+        status=429 if exhausted else 503,
+    )
 
 
 def served_by(response_headers: Mapping[str, str]) -> tuple[str, str] | None:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from extproc.backends.health import HealthPolicy, HealthStore
+from extproc.backends.memory import MemoryHealth
 from extproc.gate.credentials import Secret
 from extproc.gate.identity import Caller
 from extproc.policy.model import PolicySnapshot
@@ -57,6 +59,8 @@ class Runtime:
     events: EventBus = field(default_factory=EventBus)
     overrides: OverrideBook = field(default_factory=OverrideBook)
     ledger: Ledger = field(default_factory=Ledger)
+    # Model routes' backends: breakers and provider headroom (Redis with a shared store).
+    health: HealthStore = field(default_factory=lambda: MemoryHealth(HealthPolicy()))
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: os.urandom(6).hex())
 

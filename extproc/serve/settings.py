@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from extproc.backends.health import HealthPolicy
 from extproc.errors import ConfigError
 from extproc.gate.credentials import CredentialSource
 
@@ -74,6 +75,19 @@ class ServeSettings:
     reload_interval_s: float = 1.0
     # The workers' event loop: uvloop (measured faster: README "Performance") or asyncio.
     event_loop: str = "uvloop"
+    # Model routes' circuit breaker: failed attempts in a row that open it, how long it
+    # stays open before one probe, and when an unanswered probe frees its slot.
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    breaker_probe_ttl_s: float = 60.0
+
+    @property
+    def health_policy(self) -> HealthPolicy:
+        return HealthPolicy(
+            failures=self.breaker_failures,
+            cooldown_s=self.breaker_cooldown_s,
+            probe_ttl_s=self.breaker_probe_ttl_s,
+        )
 
     @property
     def shared_store(self) -> bool:
@@ -113,6 +127,11 @@ class ServeSettings:
             raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
+        if self.breaker_failures < 1 or min(self.breaker_cooldown_s, self.breaker_probe_ttl_s) <= 0:
+            raise ConfigError(
+                "--breaker-failures must be at least 1, --breaker-cooldown and "
+                "--breaker-probe-ttl > 0"
+            )
         if self.event_loop not in EVENT_LOOPS:
             raise ConfigError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}")
 
@@ -236,6 +255,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the workers' event loop: uvloop (default) or asyncio (TOKENGATE_EVENT_LOOP)",
     )
     parser.add_argument(
+        "--breaker-failures", type=int, default=int(_env("BREAKER_FAILURES", "5")),
+        help="model routes: failed attempts in a row (5xx, 429, no answer) that open a "
+        "backend's circuit breaker, fleet-wide",
+    )  # fmt: skip
+    parser.add_argument(
+        "--breaker-cooldown", type=float, default=float(_env("BREAKER_COOLDOWN", "30")),
+        help="seconds an open breaker skips its backend before one request probes it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--breaker-probe-ttl", type=float, default=float(_env("BREAKER_PROBE_TTL", "60")),
+        help="seconds after which a probe that never reported frees the probe slot",
+    )  # fmt: skip
+    parser.add_argument(
         "--price-table",
         default=_env("PRICE_TABLE", ""),
         help="YAML price table (needed by usd limits)",
@@ -284,6 +316,9 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         else Address.parse(args.health_listen, what="--health-listen"),
         reload_interval_s=args.reload_interval,
         event_loop=args.event_loop,
+        breaker_failures=args.breaker_failures,
+        breaker_cooldown_s=args.breaker_cooldown,
+        breaker_probe_ttl_s=args.breaker_probe_ttl,
     )
     settings.validate()
     return settings

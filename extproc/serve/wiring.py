@@ -3,6 +3,9 @@ snapshot, provider keys, token counter, quota store with its failover, metrics, 
 
 from __future__ import annotations
 
+from extproc.backends.health import HealthStore
+from extproc.backends.memory import MemoryHealth
+from extproc.backends.redis import RedisHealth
 from extproc.gate.credentials import Secret
 from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import load_directories
@@ -52,6 +55,11 @@ def build_runtime(settings: ServeSettings) -> Runtime:
         )
         shared.start_heartbeat()  # this worker's liveness, until the store is closed
     events = EventBus()
+    health: HealthStore = (
+        RedisHealth(client, settings.health_policy, timeout_s=settings.store_timeout_s)
+        if client is not None
+        else MemoryHealth(settings.health_policy)
+    )
     store = FailoverStore(
         local=MemoryBackend(lease_ttl_s=settings.lease_ttl_s), shared=shared, metrics=metrics,
         probe_interval_s=settings.probe_interval_s, events=events,
@@ -68,4 +76,5 @@ def build_runtime(settings: ServeSettings) -> Runtime:
         events=events,
         overrides=OverrideBook(client=client),
         ledger=Ledger(client=client),
+        health=health,
     )

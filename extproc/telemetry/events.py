@@ -18,6 +18,7 @@ SUBSCRIBER_QUEUE = 1000
 @dataclass(frozen=True, slots=True)
 class Event:
     kind: str  # refusal | cut | store_down | store_up | reload | reload_error | override | reset
+    #            | backend_opened | backend_reopened | backend_closed (model routes)
     message: str
     namespace: str = ""
     key: str = ""

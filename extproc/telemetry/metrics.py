@@ -181,6 +181,27 @@ class Metrics:
             ["mode"],
             registry=r,
         )
+        # Model routes: label values are backends the policies name (provider/model).
+        self.backend_attempts = Counter(
+            "tokengate_backend_attempts",
+            "Attempts sent to a model route's backends, by backend and outcome (ok, failed: "
+            "5xx/429/no answer, client_error: another 4xx).",
+            ["backend", "outcome"],
+            registry=r,
+        )
+        self.backend_skipped = Counter(
+            "tokengate_backend_skipped",
+            "Backends left out of a request's chain before sending, by reason (open: its "
+            "breaker; exhausted: its provider's rate limit is reached or about to be).",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.backend_transitions = Counter(
+            "tokengate_backend_transitions",
+            "Circuit-breaker transitions seen by this sidecar (opened, reopened, closed).",
+            ["backend", "transition"],
+            registry=r,
+        )
         self.settlements_queued = Gauge(
             "tokengate_settlements_queued",
             "Settlements waiting for the quota store to come back (replayed, idempotent).",

@@ -99,7 +99,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterator
         run_dir=root / "run",
         vocab_dir=vocab_dir,
         first_byte_timeout="1s",
-        extra_serve_args=("--price-table", str(PRICES)),
+        # Failover, not the breaker, is under test here: failures never open it.
+        extra_serve_args=("--price-table", str(PRICES), "--breaker-failures", "1000000"),
     ).start()
     yield running
     running.stop()

@@ -115,7 +115,32 @@ def test_empty_message_json_has_every_field() -> None:
         "last_reload_error": "",
         "last_reload_at": 0,
         "routes": [],
+        "model_routes": [],
     }
+
+
+def test_backends_table_shows_breaker_and_headroom() -> None:
+    response = pb.GetBackendsResponse(
+        store_up=True,
+        backends=[
+            pb.BackendHealth(
+                backend="openai/gpt-4o", state="open", failures=5, open_for_seconds=12,
+                remaining_requests=-1, remaining_tokens=-1, requests_reset_seconds=-1,
+                tokens_reset_seconds=-1, retry_after_seconds=-1, routes=["gpt-4o"],
+            ),
+            pb.BackendHealth(
+                backend="anthropic/claude-sonnet-4-5", state="closed", failures=0,
+                remaining_requests=3, requests_reset_seconds=20, remaining_tokens=-1,
+                tokens_reset_seconds=-1, retry_after_seconds=-1, routes=["gpt-4o", "sonnet"],
+            ),
+        ],
+    )  # fmt: skip
+    lines = out.backends_table(response).splitlines()
+    assert lines[0].split()[:3] == ["BACKEND", "BREAKER", "FAILURES"]
+    assert lines[1].split() == ["openai/gpt-4o", "open", "12s", "5", "-", "-", "-", "gpt-4o"]
+    assert lines[2].split() == [
+        "anthropic/claude-sonnet-4-5", "closed", "0", "3", "(20s)", "-", "-", "gpt-4o,", "sonnet",
+    ]  # fmt: skip
 
 
 def test_top_table_in_the_measure_unit() -> None:

@@ -260,12 +260,14 @@ def test_anthropic_route_429_in_anthropic_format() -> None:
     assert json.loads(refused.body)["error"]["type"] == "rate_limit_error"
 
 
-def test_the_key_is_the_providers_credential_header() -> None:
+def test_the_key_is_the_providers_credential_header_per_provider() -> None:
     router, _ = limited(KeyLimits(rpm=2))
     send(router, "/v1/chat/completions", CHAT, [("authorization", "Bearer same")])
-    # the same secret in Anthropic's header is the same key (the scheme is not part of it)
+    reply = send(router, "/v1/chat/completions", CHAT, [("authorization", "bearer same")])
+    assert header(reply, "x-ratelimit-remaining-requests") == "0"  # the scheme is not the key
+    # each provider meters its own keys: the same secret at Anthropic is another bucket
     reply = send(router, "/v1/messages", MESSAGES, [("x-api-key", "same")])
-    assert header(reply, "anthropic-ratelimit-requests-remaining") == "0"
+    assert header(reply, "anthropic-ratelimit-requests-remaining") == "1"
     # an Anthropic route does not read the OpenAI header: no x-api-key is the empty key
     anonymous = send(router, "/v1/messages", MESSAGES, [("authorization", "Bearer same")])
     assert header(anonymous, "anthropic-ratelimit-requests-remaining") == "1"

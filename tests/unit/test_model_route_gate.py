@@ -14,6 +14,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import json_format, struct_pb2
 
+from extproc.backends.health import Headroom, HealthPolicy, Outcome
 from extproc.gate.failover import ROUTE_METADATA_NAMESPACE
 from extproc.gate.processor import Processor
 from extproc.gate.routes import open_processor
@@ -255,3 +256,63 @@ def test_an_anthropic_error_reaches_an_openai_client_in_its_format(runtime: Runt
     common = reply.response_body.response
     assert em.set_headers(common.header_mutation)[":status"] == "503"
     assert json.loads(common.body_mutation.body)["error"]["message"]
+
+
+# -- backend health ---------------------------------------------------------------------------
+
+
+async def _fail(rt: Runtime, backend: str, times: int) -> None:
+    for _ in range(times):
+        await rt.health.record(backend, Outcome(ok=False))
+
+
+def test_an_open_breaker_leaves_its_backend_out_of_the_chain(runtime: Runtime) -> None:
+    run(_fail(runtime, "openai/gpt-4o-mini", HealthPolicy().failures))
+    _, reply = run(_routed(runtime, CHAT))
+    headers = em.set_headers(reply.request_body.response.header_mutation)
+    assert headers["x-tokengate-upstream"] == "failover.anthropic"
+    assert headers["x-envoy-max-retries"] == "0"
+    assert _route(reply)["backends"] == ["anthropic/claude-sonnet-4-5/512"]
+    skipped = runtime.metrics.backend_skipped.labels("openai/gpt-4o-mini", "open")
+    assert skipped._value.get() == 1
+
+
+def test_every_backend_open_is_a_503_with_retry_after(runtime: Runtime) -> None:
+    for backend in ("openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5"):
+        run(_fail(runtime, backend, HealthPolicy().failures))
+    _, reply = run(_routed(runtime, CHAT))
+    assert reply.immediate_response.status.code == 503
+    headers = em.set_headers(reply.immediate_response.headers)
+    assert 1 <= int(headers["retry-after"]) <= HealthPolicy().cooldown_s
+    assert b"backends_unavailable" in reply.immediate_response.body
+
+
+def test_a_provider_out_of_requests_is_skipped_before_it_says_429(runtime: Runtime) -> None:
+    spent = Headroom(remaining_requests=0, requests_reset_s=20.0)
+    run(runtime.health.record("openai/gpt-4o-mini", Outcome(ok=True, headroom=spent)))
+    _, reply = run(_routed(runtime, CHAT))
+    assert _route(reply)["backends"] == ["anthropic/claude-sonnet-4-5/512"]
+    run(runtime.health.record("anthropic/claude-sonnet-4-5", Outcome(ok=True, headroom=spent)))
+    _, reply = run(_routed(runtime, CHAT))
+    assert reply.immediate_response.status.code == 429
+    assert em.set_headers(reply.immediate_response.headers)["retry-after"] == "20"
+
+
+def test_each_attempt_reports_its_outcome(runtime: Runtime) -> None:
+    async def attempt(status: int | None) -> None:
+        processor, _ = await _open_attempt(runtime, _attempt_request(1, host="openai"))
+        await processor.on_request_body(em.body(CHAT))
+        if status is not None:
+            await processor.on_response_headers(em.response_headers(status))
+        await processor.finish()
+        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()})
+
+    for status in (200, 503, 429, None, 400):
+        run(attempt(status))
+    counts = {
+        outcome: runtime.metrics.backend_attempts.labels("openai/gpt-4o-mini", outcome)._value.get()
+        for outcome in ("ok", "failed", "no_answer", "client_error")
+    }
+    assert counts == {"ok": 1, "failed": 2, "no_answer": 1, "client_error": 1}
+    (state,) = run(runtime.health.view(["openai/gpt-4o-mini"]))
+    assert state.failures == 3 and state.state == "closed"  # 503, 429, no answer; 400 is neutral

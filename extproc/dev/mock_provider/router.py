@@ -274,13 +274,15 @@ def _token_cost(parsed: ParsedRequest, c: Completion) -> int:
     return c.prompt_tokens + cap
 
 
-def _api_key(dialect: Dialect, request: Request) -> str | None:
-    """The key the provider would bill: the dialect's credential header, scheme removed."""
-    value = request.header(dialect.key_header)
+def _api_key(dialect: Dialect, request: Request) -> str:
+    """The key the provider would bill: the dialect's credential header, scheme removed,
+    scoped by provider (each provider meters its own keys: one mock serving both APIs with
+    one key must not give them one bucket)."""
+    value = request.header(dialect.key_header) or ""
     prefix = dialect.key_prefix
-    if value is None or value[: len(prefix)].lower() != prefix.lower():
-        return value
-    return value[len(prefix) :]
+    if value[: len(prefix)].lower() == prefix.lower():
+        value = value[len(prefix) :]
+    return f"{dialect.provider}:{value}"
 
 
 def _model_of(payload: object) -> str | None:
