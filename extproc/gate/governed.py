@@ -23,12 +23,14 @@ from extproc.errors import (
 from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
 from extproc.gate.answers import PlainAnswer, StreamedAnswer
+from extproc.gate.attempts import outcome_of, report
 from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
-from extproc.gate.failover import MAX_RETRIES_HEADER
+from extproc.gate.failover import BACKEND_HEADER, MAX_RETRIES_HEADER
 from extproc.gate.processor import UPSTREAM_HEADER, Processor, header_map, succeeded
 from extproc.gate.routing import RoutePlan, backend_id, healthy, plan, served_by
 from extproc.gate.runtime import Runtime
+from extproc.policy.model import Backend
 from extproc.providers import ParsedRequest
 from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
 from extproc.quota import Reservation
@@ -98,12 +100,26 @@ class GovernedProcessor(Processor):
         cap = self._cap_to_write(admission.request)
         if cap is not None:
             self._headers["x-tokengate-max-tokens"] = str(cap)
+        if self._plan is not None and self._plan.direct(self._provider.name):
+            return self._direct(self._plan.backends[0], admission.request, cap)
         rewritten = admission.request.body_with(cap)
         if self._plan is not None:
             return self._routed(self._plan, rewritten)
         if rewritten is not None:
             return replies.request_body_reply(rewritten)
         return replies.REQUEST_BODY_CONTINUE
+
+    def _direct(
+        self, backend: Backend, parsed: ParsedRequest, cap: int | None
+    ) -> ep.ProcessingResponse:
+        """One backend speaking the client's API (an alias, or a fallback left alone): no
+        failover cluster and no upstream phase, only the model rewritten here (measured:
+        the upstream phase costs ~1 ms of gateway CPU per request; README)."""
+        self._headers[BACKEND_HEADER] = backend_id(backend)
+        renamed = dataclasses.replace(parsed, rewrites={**parsed.rewrites, "model": backend.model})
+        body = renamed.body_with(cap)
+        assert body is not None, "the model is always rewritten"
+        return replies.request_body_reply(body)
 
     def _routed(self, route: RoutePlan, body: bytes | None) -> ep.ProcessingResponse:
         """Envoy's failover cluster for the route's backends; each attempt's upstream phase
@@ -234,6 +250,10 @@ class GovernedProcessor(Processor):
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         headers = header_map(msg)
+        if self._plan is not None and self._plan.direct(self._provider.name):
+            backend = self._plan.backends[0]
+            status = int(headers.get(":status", "0") or 0)
+            report(self._rt, backend_id(backend), outcome_of(backend.provider, status, headers))
         if not succeeded(headers):
             self.outcome = "upstream_error"
             reservation, self._reservation = self._reservation, None
@@ -266,7 +286,12 @@ class GovernedProcessor(Processor):
 
     def _served(self, admission: Admission, headers: Mapping[str, str]) -> Admission:
         """A routed answer is charged, priced and labelled as the backend that served it."""
-        served = served_by(headers)
+        assert self._plan is not None
+        if self._plan.direct(self._provider.name):
+            only = self._plan.backends[0]
+            served: tuple[str, str] | None = (only.provider, only.model)
+        else:
+            served = served_by(headers)
         if served is None:
             return admission
         provider, model = served

@@ -44,6 +44,11 @@ class RoutePlan:
     def cluster(self) -> str:
         return cluster_name([b.provider for b in self.backends])
 
+    def direct(self, client: str) -> bool:
+        """One backend that speaks the client's API: Envoy's ordinary provider route serves
+        it (no failover cluster, no upstream phase); only the model is rewritten."""
+        return len(self.backends) == 1 and self.backends[0].provider == client
+
     @property
     def max_retries(self) -> int:
         return len(self.backends) - 1

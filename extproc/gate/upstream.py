@@ -12,10 +12,7 @@ governed stream counts, settles and reports the request.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,11 +22,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import struct_pb2, text_format
 
 from extproc._json import decode_object
-from extproc.backends.headroom import anthropic_headroom, openai_headroom
-from extproc.backends.health import Outcome, Transition
-from extproc.errors import BadRequest, ClientError, QuotaStoreError, Unavailable
+from extproc.backends.health import Outcome
+from extproc.errors import BadRequest, ClientError, Unavailable
 from extproc.gate import replies
 from extproc.gate.admission import Tenant
+from extproc.gate.attempts import outcome_of, report
 from extproc.gate.credentials import CLIENT_CREDENTIAL_HEADERS
 from extproc.gate.endpoints import PROVIDERS
 from extproc.gate.failover import (
@@ -43,9 +40,6 @@ from extproc.gate.processor import Processor, header_map, succeeded
 from extproc.gate.runtime import Runtime
 from extproc.providers.translate import StreamTranslator, Translation
 from extproc.providers.translate.registry import translation_for
-from extproc.telemetry.events import Event
-
-log = logging.getLogger(__name__)
 
 _Mode = processing_mode_pb2.ProcessingMode
 ANTHROPIC_VERSION = "2023-06-01"  # when an OpenAI client is served by Anthropic
@@ -213,7 +207,7 @@ class UpstreamProcessor(Processor):
         assert self._target is not None
         headers = header_map(msg)
         self._status = int(headers.get(":status", "0") or 0)
-        self._report(_outcome(self._target.provider, self._status, headers))
+        self._report(outcome_of(self._target.provider, self._status, headers))
         served = {BACKEND_HEADER: f"{self._target.provider}/{self._target.model}"}
         if self._translation is None:
             return replies.response_headers_reply(set_headers=served)
@@ -247,30 +241,10 @@ class UpstreamProcessor(Processor):
         return reply
 
     def _report(self, outcome: Outcome) -> None:
-        """The attempt's result to the fleet's backend health, off the reply's path."""
         assert self._target is not None
-        backend = f"{self._target.provider}/{self._target.model}"
         self._reported = True
-        label = {True: "ok", False: "failed", None: "client_error"}[outcome.ok]
-        if outcome.ok is False and self._status == 0:
-            label = "no_answer"
-        self._rt.metrics.backend_attempts.labels(backend, label).inc()
-        task = asyncio.get_running_loop().create_task(self._record(backend, outcome))
-        _REPORTS.add(task)
-        task.add_done_callback(_REPORTS.discard)
-
-    async def _record(self, backend: str, outcome: Outcome) -> None:
-        try:
-            transition = await self._rt.health.record(backend, outcome)
-        except QuotaStoreError as exc:
-            log.warning("backend health not recorded for %s: %s", backend, exc)
-            return
-        if transition is not Transition.NONE:
-            self._rt.metrics.backend_transitions.labels(backend, transition.value).inc()
-            self._rt.events.publish(
-                Event(f"backend_{transition.value}", f"backend {backend} {transition.value}")
-            )
-            log.warning("backend %s: circuit breaker %s", backend, transition.value)
+        backend = f"{self._target.provider}/{self._target.model}"
+        report(self._rt, backend, outcome, answered=self._status != 0)
 
     @property
     def holds(self) -> bool:
@@ -284,21 +258,6 @@ class UpstreamProcessor(Processor):
     async def settle_at_end(self) -> None:
         if self._target is not None and not self._reported:
             self._report(Outcome(ok=False))
-
-
-_REPORTS: set[asyncio.Task[None]] = set()  # health reports in flight (kept from the GC)
-
-
-def _outcome(provider: str, status: int, headers: Mapping[str, str]) -> Outcome:
-    if provider == "anthropic":
-        headroom = anthropic_headroom(headers, now=time.time())
-    else:
-        headroom = openai_headroom(headers)
-    if 200 <= status < 300:
-        return Outcome(ok=True, headroom=headroom)
-    if status == 429 or status >= 500:
-        return Outcome(ok=False, headroom=headroom)
-    return Outcome(ok=None, headroom=headroom)
 
 
 def _dumps(value: object) -> bytes:

@@ -293,3 +293,12 @@ def test_envoy_replies_after_failover_keep_the_clients_format(stack: LocalStack,
         "error": {"type": "api_error", "message": "The upstream provider timed out."},
     }
     assert [p for p, _ in _attempts(stack, tag)] == ["/v1/messages", "/v1/chat/completions"]
+
+
+def test_a_client_cannot_pick_the_attempt(stack: LocalStack, tag: str) -> None:
+    """A forged attempt count would make the upstream phase translate for the fallback and
+    send it the first backend's request: the sidecar removes it, Envoy sets its own."""
+    raw = client(stack, KEY, tag, **{"x-envoy-attempt-count": "2"})
+    answer = raw.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    assert answer.headers["x-tokengate-backend"] == "openai/gpt-4o"
+    assert _attempts(stack, tag) == [("/v1/chat/completions", "gpt-4o")]

@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import json_format, struct_pb2
 
 from extproc.backends.health import Headroom, HealthPolicy, Outcome
+from extproc.errors import QuotaStoreError
 from extproc.gate.failover import ROUTE_METADATA_NAMESPACE
 from extproc.gate.processor import Processor
 from extproc.gate.routes import open_processor
@@ -54,6 +55,13 @@ metadata: {{name: only-claude}}
 spec:
   model: only-claude
   backends: [{{provider: anthropic, model: claude-sonnet-4-5}}]
+---
+apiVersion: tokengate.dev/v1
+kind: ModelRoute
+metadata: {{name: fast}}
+spec:
+  model: fast
+  backends: [{{provider: openai, model: gpt-4o-mini}}]
 ---
 apiVersion: tokengate.dev/v1
 kind: ModelRoute
@@ -107,10 +115,22 @@ def test_a_model_without_a_route_goes_where_its_path_says(runtime: Runtime) -> N
 
 
 def test_a_fallback_that_cannot_express_the_request_is_dropped(runtime: Runtime) -> None:
+    """n=2 cannot go to Anthropic: the OpenAI backend is left, alone and speaking the
+    client's API, so the request takes the ordinary provider route (no upstream phase)."""
     _, reply = run(_routed(runtime, {**CHAT, "n": 2}))
-    headers = em.set_headers(reply.request_body.response.header_mutation)
-    assert headers["x-tokengate-upstream"] == "failover.openai"
-    assert headers["x-envoy-max-retries"] == "0"
+    assert not reply.HasField("dynamic_metadata")
+    common = reply.request_body.response
+    assert "x-tokengate-upstream" not in em.set_headers(common.header_mutation)
+    assert json.loads(common.body_mutation.body)["model"] == "gpt-4o-mini"
+
+
+def test_an_alias_goes_straight_to_its_backend_and_says_so(runtime: Runtime) -> None:
+    processor, reply = run(_routed(runtime, {**CHAT, "model": "fast"}))
+    assert json.loads(reply.request_body.response.body_mutation.body)["model"] == "gpt-4o-mini"
+    answer = run(processor.on_response_headers(em.response_headers(200)))
+    headers = em.set_headers(answer.response_headers.response.header_mutation)
+    assert headers["x-tokengate-backend"] == "openai/gpt-4o-mini"
+    assert processor.model == "gpt-4o-mini"
 
 
 def test_no_backend_able_to_serve_is_the_first_reason(runtime: Runtime) -> None:
@@ -316,3 +336,27 @@ def test_each_attempt_reports_its_outcome(runtime: Runtime) -> None:
     assert counts == {"ok": 1, "failed": 2, "no_answer": 1, "client_error": 1}
     (state,) = run(runtime.health.view(["openai/gpt-4o-mini"]))
     assert state.failures == 3 and state.state == "closed"  # 503, 429, no answer; 400 is neutral
+
+
+class _DownHealth:
+    """A health store that cannot be reached."""
+
+    async def admit(self, backends: Any, *, tokens: int) -> Any:
+        raise QuotaStoreError("connection refused")
+
+    async def record(self, backend: str, outcome: Outcome) -> Any:
+        raise QuotaStoreError("connection refused")
+
+    async def view(self, backends: Any) -> Any:
+        raise QuotaStoreError("connection refused")
+
+
+def test_with_backend_health_unreachable_every_backend_is_tried(runtime: Runtime) -> None:
+    runtime.health = _DownHealth()
+    _, reply = run(_routed(runtime, CHAT))
+    headers = em.set_headers(reply.request_body.response.header_mutation)
+    assert headers["x-tokengate-upstream"] == "failover.openai.anthropic"
+    processor, _ = run(_open_attempt(runtime, _attempt_request(1, host="openai")))
+    run(processor.on_request_body(em.body(CHAT)))
+    reply = run(processor.on_response_headers(em.response_headers(200)))  # reported, not raised
+    assert reply.HasField("response_headers")

@@ -25,6 +25,8 @@ from extproc.kube.envoy_config import LocalEnvoy, Upstream, render_local
 API_KEY = "tg-bench"
 NAMESPACE = "bench"
 MODEL = "gpt-4o-mini"
+ALIAS_MODEL = "bench-alias"  # a ModelRoute with one backend: the provider route, renamed
+FAILOVER_MODEL = "bench-failover"  # a ModelRoute with a fallback: the upstream phase
 PROMPT = "Summarise the quarterly platform report in three short bullet points for the team."
 MOCK_HEADER = "x-bench-upstream"
 # What a provider returns for the plain request: about 50 tokens of answer plus usage.
@@ -64,6 +66,20 @@ apiVersion: tokengate.dev/v1
 kind: ApiKey
 metadata: {{name: bench-key, namespace: {NAMESPACE}}}
 spec: {{sha256: "{hashlib.sha256(API_KEY.encode()).hexdigest()}"}}
+---
+apiVersion: tokengate.dev/v1
+kind: ModelRoute
+metadata: {{name: alias}}
+spec:
+  model: {ALIAS_MODEL}
+  backends: [{{provider: openai, model: {MODEL}}}]
+---
+apiVersion: tokengate.dev/v1
+kind: ModelRoute
+metadata: {{name: with-fallback}}
+spec:
+  model: {FAILOVER_MODEL}
+  backends: [{{provider: openai, model: {MODEL}}}, {{provider: openai, model: gpt-4o}}]
 """
 
 
@@ -229,12 +245,14 @@ def upstream(mock_port: int) -> str:
     return json.dumps(config, indent=1)
 
 
-def http_request(*, stream: bool, completion_tokens: int = 60, chunk_delay_ms: int = 0) -> bytes:
+def http_request(
+    *, stream: bool, completion_tokens: int = 60, chunk_delay_ms: int = 0, model: str = MODEL
+) -> bytes:
     """One chat completion request as raw HTTP/1.1 bytes (what the load generator sends).
     A streamed one goes to the mock provider, which answers `completion_tokens` tokens, 3 to
     a chunk, `chunk_delay_ms` apart (apart, each chunk reaches the sidecar on its own)."""
     body: dict[str, Any] = {
-        "model": MODEL,
+        "model": model,  # another than MODEL: one a ModelRoute serves (the upstream is the same)
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max(64, completion_tokens),
     }

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extproc.dev.bench import streams
+from extproc.dev.bench import configs, streams
 from extproc.dev.bench.configs import TRIMS
 from extproc.dev.bench.http import Driver, Load
 from extproc.dev.bench.procs import Cores
@@ -212,6 +212,13 @@ VARIANTS = {
                                                                            "asyncio")),
     "tokengate: 2 workers, Redis": SidecarOptions(workers=2),
 }  # fmt: skip
+# Model routes, on the in-process stack: an alias takes the provider route with the model
+# renamed; a route with a fallback sends each attempt through the upstream phase.
+Target = tuple[Driver, str] | tuple[Driver, str, Path]  # (driver, gateway[, request file])
+ROUTED = {
+    "tokengate: in-process, ModelRoute alias": configs.ALIAS_MODEL,
+    "tokengate: in-process, ModelRoute with a fallback": configs.FAILOVER_MODEL,
+}
 
 
 def _process_model(
@@ -225,7 +232,7 @@ def _process_model(
     Then the reference rows again at one equal load (`rate`, half the governed peak): at
     saturation the floor runs ~3x faster, and Envoy and the server amortise each wake-up
     over more requests, so per-request CPU there compares unequal loads."""
-    targets: dict[str, tuple[Driver, str]] = {}
+    targets: dict[str, Target] = {}
     for index, (label, (model, phases, unix, trim)) in enumerate(FLOORS.items()):
         name = f"floor{index}"
         driver.stack.add_floor(name, model, phases=phases, unix=unix, trim=trim)
@@ -234,6 +241,11 @@ def _process_model(
         for index, (label, options) in enumerate(VARIANTS.items()):
             stack = stacks.enter_context(_stack(root / f"variant{index}", vocab, cores, options))
             targets[label] = (Driver(driver.loadgen, stack, root / f"variant{index}"), "governed")
+        memory = targets[GOVERNED_MEMORY][0]
+        for label, model in ROUTED.items():
+            path = root / f"request-{model}.http"
+            path.write_bytes(configs.http_request(stream=False, model=model))
+            targets[label] = (memory, "governed", path)
         saturated = _rotated(plan, targets, Load(plan.saturation_connections, plan.seconds))
         equal = {"bare": (driver, "bare")} | {
             label: targets[label] for label in (FLOOR, GOVERNED_REDIS, GOVERNED_MEMORY)
@@ -242,12 +254,12 @@ def _process_model(
         return saturated, {"rate_rps": rate, "rows": at_rate}
 
 
-def _rotated(plan: Plan, targets: dict[str, tuple[Driver, str]], load: Load) -> dict[str, Any]:
+def _rotated(plan: Plan, targets: dict[str, Target], load: Load) -> dict[str, Any]:
     """Variants take turns; differences smaller than a row's range are noise."""
 
     def run_one(label: str) -> dict[str, Any]:
-        driver, target = targets[label]
-        return driver.run(target, load)
+        driver, target, *request = targets[label]
+        return driver.run(target, load, request=request[0] if request else None)
 
     runs = _take_turns(plan, list(targets), run_one)
     return {label: _summary(label_runs) for label, label_runs in runs.items()}
