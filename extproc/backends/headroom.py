@@ -33,6 +33,7 @@ _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.
            "h": 3600.0}  # fmt: skip
 _DECIMAL = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 _ANTHROPIC_TOKENS = ("tokens", "input-tokens", "output-tokens")
+MAX_WAIT_S = 3600.0  # the longest reset or retry-after believed (rate limits are per minute)
 _MAX_COUNT = 2**53  # past this a count is no real limit and no longer exact in Lua or JSON
 
 
@@ -157,8 +158,14 @@ def _headroom(
     headroom = Headroom(
         remaining_requests=remaining_requests,
         remaining_tokens=remaining_tokens,
-        requests_reset_s=requests_reset_s,
-        tokens_reset_s=tokens_reset_s,
-        retry_after_s=retry_after_s,
+        requests_reset_s=_bounded(requests_reset_s),
+        tokens_reset_s=_bounded(tokens_reset_s),
+        retry_after_s=_bounded(retry_after_s),
     )
     return None if headroom == Headroom() else headroom
+
+
+def _bounded(seconds: float | None) -> float | None:
+    """A provider's wait is trusted up to MAX_WAIT_S: a broken or hostile upstream saying
+    `retry-after: 1e12` must not take a backend out for good (or overflow the store)."""
+    return None if seconds is None else min(seconds, MAX_WAIT_S)

@@ -99,6 +99,9 @@ local function admit()
   for _, key in ipairs(KEYS) do
     local s = load(key)
     local v, wait = verdict(s, tokens)
+    -- A half-open backend behind the first usable one would be a second probe (or one
+    -- sent without the slot): only the claimed one may probe, later ones count as open.
+    if claimed and v == 'probe' then v, wait = 'open', 0 end
     if not claimed and (v == 'ok' or v == 'probe') then
       claimed = true
       if s.exists then -- nothing known: nothing to claim or count down
@@ -116,7 +119,10 @@ local function admit()
 end
 
 local function breaker(s, ok, threshold, cooldown)
-  if ok == '' then return 'none' end
+  if ok == '' then  -- the request was at fault: an answered probe frees the slot all the same
+    s.p = 0
+    return 'none'
+  end
   local was_open = s.o > 0
   if ok == '1' then
     s.f, s.o, s.p = 0, 0, 0

@@ -71,6 +71,8 @@ class MemoryHealth(HealthStore):
         for backend in backends:
             entry = self._entry(backend, now)
             answer = _verdict(entry, now, tokens)
+            if claimed and answer.verdict is Verdict.PROBE:  # only the claimed one probes
+                answer = Admit(Verdict.OPEN)
             if answer.usable and not claimed:
                 claimed = True
                 if entry is not None:  # nothing known: nothing to claim or count down
@@ -156,7 +158,8 @@ def _forget_passed(entry: _Entry, now: float) -> None:
 
 
 def _breaker(entry: _Entry, ok: bool | None, now: float, policy: HealthPolicy) -> Transition:
-    if ok is None:  # the request was at fault, not the backend
+    if ok is None:  # the request was at fault: an answered probe frees the slot all the same
+        entry.probe_until = 0.0
         return Transition.NONE
     was_open = entry.open_until > 0
     if ok:

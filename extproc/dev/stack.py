@@ -33,7 +33,6 @@ from extproc.kube.envoy_config import (
     Upstream,
     render_local,
 )
-from extproc.kube.envoy_failover import FIRST_BYTE_TIMEOUT
 
 READY_TIMEOUT_S = 60.0
 LOOPBACK = "127.0.0.1"
@@ -167,7 +166,7 @@ class LocalStack:
     quota_store: str = "memory"
     vocab_dir: Path = Path(".cache/tiktoken")
     max_body_bytes: int = 4 * 1024 * 1024
-    first_byte_timeout: str = FIRST_BYTE_TIMEOUT  # model routes: before the next backend
+    first_byte_timeout_s: float = 30.0  # model routes: a stream's wait for its backend
     extra_serve_args: tuple[str, ...] = ()
     extra_mock_args: tuple[str, ...] = ()  # e.g. ("--key-rpm", "6")
     # Another bootstrap (e.g. the Helm chart's), made once the mock's and the sidecar's
@@ -280,6 +279,7 @@ class LocalStack:
             "--control-token-file", str(self.control_token_file),
             "--policy-dir", str(self.policy_dir), "--vocab-dir", str(self.vocab_dir),
             "--max-body-bytes", str(self.max_body_bytes), "--quota-store", self.quota_store,
+            "--first-byte-timeout", str(self.first_byte_timeout_s),
             *self.extra_serve_args,
         ]  # fmt: skip
         # Created owner-only: the token is never readable by others, not even for a moment.
@@ -320,7 +320,6 @@ class LocalStack:
                     openai=upstreams["openai"],
                     anthropic=upstreams["anthropic"],
                     buffer_limit_bytes=self.max_body_bytes + 65536,
-                    first_byte_timeout=self.first_byte_timeout,
                     # check_ports() saw the port free; this keeps it ours from here on,
                     # even against a stack that starts between the check and the bind.
                     exclusive_listener=True,

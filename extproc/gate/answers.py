@@ -53,6 +53,15 @@ async def settle(
     )  # fmt: skip
 
 
+def billable(usage: Usage | None) -> Usage | None:
+    """None for a usage of all zeros: a provider always bills the prompt, so zeros are no
+    report (a translated answer whose backend sent none, or a broken upstream), and the
+    reservation or our count is charged instead of nothing."""
+    if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
+        return None
+    return usage
+
+
 def at_least_reported(counted: Usage, reported: Usage | None) -> tuple[Usage, str]:
     """An answer that ended before the provider's final usage (cut, client gone, upstream
     error or reset) is charged our count, but never below what the provider had already
@@ -136,7 +145,7 @@ class PlainAnswer(_Answer):
         reservation, self._reservation = self._reservation, None
         if reservation is None:
             return
-        usage = self._provider.parse_usage(_loads_or_empty(body)) if body else None
+        usage = billable(self._provider.parse_usage(_loads_or_empty(body)) if body else None)
         if usage is None:
             await self._rt.store.settle(reservation, reservation.cost)
         else:
@@ -222,11 +231,12 @@ class StreamedAnswer(_Answer):
             return
         reader, delivered = self._stream.reader, self._budget.delivered
         self._rt.metrics.observe_count_error(self._admission.model, delivered, reader.usage)
-        if reader.usage is not None:
-            usage, source = reader.usage, "provider"
+        reported = billable(reader.usage)
+        if reported is not None:
+            usage, source = reported, "provider"
         else:
             counted = Usage(self._admission.prompt_tokens, delivered)
-            usage, source = at_least_reported(counted, reader.reported)
+            usage, source = at_least_reported(counted, billable(reader.reported))
         await settle(self._rt, self._admission, reservation, usage, source=source)
 
 

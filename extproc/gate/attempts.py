@@ -36,7 +36,7 @@ def outcome_of(provider: str, status: int, headers: Mapping[str, str]) -> Outcom
 
 def report(rt: Runtime, backend: str, outcome: Outcome, *, answered: bool = True) -> None:
     """Count the attempt now and record it in the background. `answered` False: no response
-    headers came (connect failure, reset, first-byte timeout)."""
+    headers came (connect failure, reset, first-byte timeout, or the client left)."""
     label = {True: "ok", False: "failed", None: "client_error"}[outcome.ok]
     if not answered:
         label = "no_answer"

@@ -15,6 +15,7 @@ HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
 MAX_BACKENDS = 4  # per model route; `ModelRoute` validation enforces the same bound
 ATTEMPT_HEADER = "x-envoy-attempt-count"  # set by Envoy on each attempt (1, 2, …)
 MAX_RETRIES_HEADER = "x-envoy-max-retries"
+PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"  # streams: first byte
 BACKEND_HEADER = "x-tokengate-backend"  # on the answer: provider/model that served
 
 

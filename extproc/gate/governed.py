@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc._json import decode_object
+from extproc.backends.health import Outcome
 from extproc.errors import (
     BadGateway,
     BadRequest,
@@ -24,9 +25,10 @@ from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
 from extproc.gate.answers import PlainAnswer, StreamedAnswer
 from extproc.gate.attempts import outcome_of, report
+from extproc.gate.credentials import without_credential_query
 from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
-from extproc.gate.failover import BACKEND_HEADER, MAX_RETRIES_HEADER
+from extproc.gate.failover import BACKEND_HEADER, MAX_RETRIES_HEADER, PER_TRY_TIMEOUT_HEADER
 from extproc.gate.processor import UPSTREAM_HEADER, Processor, header_map, succeeded
 from extproc.gate.routing import RoutePlan, backend_id, healthy, plan, served_by
 from extproc.gate.runtime import Runtime
@@ -61,6 +63,7 @@ class GovernedProcessor(Processor):
         self._answer: PlainAnswer | StreamedAnswer | None = None
         self._cap: int | None = None  # the completion cap the budget allows (clamping on)
         self._plan: RoutePlan | None = None  # a ModelRoute serves this model
+        self._unreported: Backend | None = None  # an alias's backend, until it answers
 
     @property
     def model(self) -> str:
@@ -100,8 +103,10 @@ class GovernedProcessor(Processor):
         cap = self._cap_to_write(admission.request)
         if cap is not None:
             self._headers["x-tokengate-max-tokens"] = str(cap)
-        if self._plan is not None and self._plan.direct(self._provider.name):
-            return self._direct(self._plan.backends[0], admission.request, cap)
+        direct = self._direct_backend()
+        if direct is not None:
+            self._unreported = direct
+            return self._direct(direct, admission.request, cap)
         rewritten = admission.request.body_with(cap)
         if self._plan is not None:
             return self._routed(self._plan, rewritten)
@@ -126,9 +131,12 @@ class GovernedProcessor(Processor):
         sets its own credential, so the path provider's key set earlier goes."""
         assert self._admission is not None
         headers = {UPSTREAM_HEADER: route.cluster, MAX_RETRIES_HEADER: str(route.max_retries)}
+        if self._admission.request.stream:  # see envoy_failover.failover_route
+            timeout_ms = round(self._rt.limits.first_byte_timeout_s * 1000)
+            headers[PER_TRY_TIMEOUT_HEADER] = str(timeout_ms)
         metadata = route.metadata(
             client=self._provider.name,
-            path=self._request_headers.get(":path", "/"),
+            path=_path_without_credentials(self._request_headers.get(":path", "/")),
             stream=self._admission.request.stream,
             headers=self._request_headers,
         )
@@ -147,22 +155,28 @@ class GovernedProcessor(Processor):
         self._model = parsed.model
         check_model(tenant, parsed.model)
         prompt = await self._count_prompt(parsed)
-        self._plan = await self._route_plan(tenant, parsed, prompt)
+        chain = self._route_plan(tenant, parsed, prompt)
         costing = (
-            self._plan.costing
-            if self._plan is not None
+            chain.costing
+            if chain is not None
             else Costing.for_request(self._rt.prices, tenant.limits, parsed.model)
         )
         reservation, self._cap = await self._reserve_answer(tenant, parsed, costing, prompt)
+        if chain is not None:
+            # Only a request its caller may send claims a backend's headroom or probe slot,
+            # for the tokens it was let through with (the cap, not what it asked).
+            try:
+                self._plan = await self._healthy(chain, tokens=reservation.cost.tokens)
+            except ClientError:
+                await self._rt.store.release(reservation)
+                raise
         return Admission(
             tenant=tenant, request=parsed, provider=self._provider.name, costing=costing,
             prompt_tokens=prompt,
             reservation=reservation, admitted_at=time.perf_counter(),
         )  # fmt: skip
 
-    async def _route_plan(
-        self, tenant: Tenant, parsed: ParsedRequest, prompt: int
-    ) -> RoutePlan | None:
+    def _route_plan(self, tenant: Tenant, parsed: ParsedRequest, prompt: int) -> RoutePlan | None:
         if self._endpoint.name not in ROUTABLE:
             return None
         route = self._rt.policies.current.model_route(tenant.namespace, parsed.model)
@@ -171,12 +185,11 @@ class GovernedProcessor(Processor):
         completion = expected_completion(
             tenant.policy, asked=parsed.max_output_tokens, stream=False
         )
-        chain = plan(
+        return plan(
             route, client=self._provider.name, body=parsed.body,
             allows_model=tenant.policy.allows_model, prices=self._rt.prices,
             limits=tenant.limits, estimate=(prompt, completion),
         )  # fmt: skip
-        return await self._healthy(chain, tokens=prompt + completion)
 
     async def _healthy(self, chain: RoutePlan, *, tokens: int) -> RoutePlan:
         """Skip backends whose breaker is open or whose provider limit is reached; with the
@@ -250,14 +263,19 @@ class GovernedProcessor(Processor):
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         headers = header_map(msg)
-        if self._plan is not None and self._plan.direct(self._provider.name):
-            backend = self._plan.backends[0]
+        if self._direct_backend() is not None:
+            backend, self._unreported = self._unreported, None
+            assert backend is not None
             status = int(headers.get(":status", "0") or 0)
             report(self._rt, backend_id(backend), outcome_of(backend.provider, status, headers))
         if not succeeded(headers):
             self.outcome = "upstream_error"
             reservation, self._reservation = self._reservation, None
-            if reservation is not None:
+            if reservation is not None and headers.get(":status") == "504":
+                # Envoy stopped waiting for an answer the provider may have been billing:
+                # charged as reserved, never refunded (an error answer bills nothing).
+                await self._rt.store.settle(reservation, reservation.cost)
+            elif reservation is not None:
                 await self._rt.store.release(reservation)
             return replies.response_headers_reply(
                 set_headers=self._headers, mode=replies.SKIP_RESPONSE_BODY_MODE
@@ -312,9 +330,19 @@ class GovernedProcessor(Processor):
 
     @property
     def holds(self) -> bool:
-        return self._reservation is not None or (self._answer is not None and self._answer.holds)
+        answer_holds = self._answer is not None and self._answer.holds
+        return self._reservation is not None or answer_holds or self._unreported is not None
+
+    def _direct_backend(self) -> Backend | None:
+        """The one backend an alias route sends to directly (no upstream phase reports)."""
+        if self._plan is None or not self._plan.direct(self._provider.name):
+            return None
+        return self._plan.backends[0]
 
     async def settle_at_end(self) -> None:
+        if self._unreported is not None:  # sent, never answered: frees a probe slot it held
+            report(self._rt, backend_id(self._unreported), Outcome(ok=None), answered=False)
+            self._unreported = None
         reservation, self._reservation = self._reservation, None
         if reservation is not None:  # admitted, no answer yet: charged as reserved
             await self._rt.store.settle(reservation, reservation.cost)
@@ -324,3 +352,8 @@ class GovernedProcessor(Processor):
 
 def _is_stream(response_headers: Mapping[str, str]) -> bool:
     return response_headers.get("content-type", "").startswith("text/event-stream")
+
+
+def _path_without_credentials(path: str) -> str:
+    """The path every attempt sends: a client's `?api_key=` never reaches a provider."""
+    return without_credential_query(path) or path

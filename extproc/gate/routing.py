@@ -63,7 +63,13 @@ class RoutePlan:
             "stream": stream,
             "backends": [f"{b.provider}/{b.model}/{b.max_tokens}" for b in self.backends],
         }
-        kept = {h: headers[h] for h in ANTHROPIC_CLIENT_HEADERS if h in headers}
+        # An OpenAI client's anthropic-* headers are not the client's API: an anthropic-beta
+        # could switch on billed features the price table does not know.
+        kept = (
+            {h: headers[h] for h in ANTHROPIC_CLIENT_HEADERS if h in headers}
+            if client == "anthropic"
+            else {}
+        )
         if kept:
             route["headers"] = kept
         metadata = struct_pb2.Struct()

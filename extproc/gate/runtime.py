@@ -45,6 +45,8 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     # Ask Envoy for this much time on a request body large enough to count off-thread.
     slow_count_timeout_s: float = 5.0
+    # Model routes: a streamed answer's time to response headers before the next backend.
+    first_byte_timeout_s: float = 30.0
 
 
 @dataclass(slots=True)

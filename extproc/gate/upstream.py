@@ -82,7 +82,8 @@ class RouteFacts:
         fields = route.fields
         backends = []
         for value in fields["backends"].list_value.values:
-            provider, model, max_tokens = value.string_value.rsplit("/", 2)
+            provider, rest = value.string_value.split("/", 1)  # models may hold a '/'
+            model, max_tokens = rest.rsplit("/", 1)
             backends.append(Target(provider, model, int(max_tokens)))
         headers = {k: v.string_value for k, v in fields["headers"].struct_value.fields.items()}
         return cls(
@@ -256,8 +257,11 @@ class UpstreamProcessor(Processor):
         """The governed stream counts the request; an attempt is not one."""
 
     async def settle_at_end(self) -> None:
+        """No answer: Envoy's connect failure, reset or first-byte timeout, or the client
+        gone (which must never open a healthy backend's breaker): the two cannot be told
+        apart here, so it is counted (`no_answer`) but neutral for the breaker."""
         if self._target is not None and not self._reported:
-            self._report(Outcome(ok=False))
+            self._report(Outcome(ok=None))
 
 
 def _dumps(value: object) -> bytes:

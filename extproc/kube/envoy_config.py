@@ -152,8 +152,6 @@ class LocalEnvoy:
     openai: Upstream = OPENAI
     anthropic: Upstream = ANTHROPIC
     buffer_limit_bytes: int = 4 * 1024 * 1024 + 65536
-    # Model routes: no response headers within this, and the next backend is tried.
-    first_byte_timeout: str = envoy_failover.FIRST_BYTE_TIMEOUT
     service_accounts: ServiceAccountTokens | None = None
     # Bind the listener without SO_REUSEPORT (see `_make_listener_exclusive`). Off by
     # default, as in the chart: in a pod nobody else can hold the port, and SO_REUSEPORT
@@ -179,7 +177,7 @@ def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") 
         fields[f"{name}_discovery"] = "STATIC" if upstream.is_address else "LOGICAL_DNS"
     config = yaml.safe_load(string.Template(template.read_text()).substitute(fields))
     _add_tls(config, upstreams.get)
-    _add_failover(config, values.first_byte_timeout)
+    _add_failover(config)
     if values.service_accounts is not None:
         _add_jwt_authn(config, values.service_accounts)
     if values.exclusive_listener:
@@ -196,7 +194,7 @@ def _make_listener_exclusive(config: dict[str, Any]) -> None:
     config["static_resources"]["listeners"][0]["enable_reuse_port"] = False
 
 
-def _add_failover(config: dict[str, Any], first_byte_timeout: str) -> None:
+def _add_failover(config: dict[str, Any]) -> None:
     """Model routes (`envoy_failover`): provider hosts say which API they speak, the
     failover clusters join them, and their route goes before the catch-all."""
     resources = config["static_resources"]
@@ -211,8 +209,7 @@ def _add_failover(config: dict[str, Any], first_byte_timeout: str) -> None:
     manager = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     timeout = routes[-1]["route"]["timeout"]
-    route = envoy_failover.failover_route(timeout=timeout, first_byte_timeout=first_byte_timeout)
-    routes.insert(len(routes) - 1, route)
+    routes.insert(len(routes) - 1, envoy_failover.failover_route(timeout=timeout))
 
 
 def _add_jwt_authn(config: dict[str, Any], tokens: ServiceAccountTokens) -> None:

@@ -80,6 +80,8 @@ class ServeSettings:
     breaker_failures: int = 5
     breaker_cooldown_s: float = 30.0
     breaker_probe_ttl_s: float = 60.0
+    # Model routes: a streamed answer with no response headers within this fails over.
+    first_byte_timeout_s: float = 30.0
 
     @property
     def health_policy(self) -> HealthPolicy:
@@ -127,10 +129,14 @@ class ServeSettings:
             raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
-        if self.breaker_failures < 1 or min(self.breaker_cooldown_s, self.breaker_probe_ttl_s) <= 0:
+        if (
+            self.breaker_failures < 1
+            or min(self.breaker_cooldown_s, self.breaker_probe_ttl_s, self.first_byte_timeout_s)
+            <= 0
+        ):
             raise ConfigError(
-                "--breaker-failures must be at least 1, --breaker-cooldown and "
-                "--breaker-probe-ttl > 0"
+                "--breaker-failures must be at least 1, --breaker-cooldown, "
+                "--breaker-probe-ttl and --first-byte-timeout > 0"
             )
         if self.event_loop not in EVENT_LOOPS:
             raise ConfigError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}")
@@ -268,6 +274,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds after which a probe that never reported frees the probe slot",
     )  # fmt: skip
     parser.add_argument(
+        "--first-byte-timeout", type=float, default=float(_env("FIRST_BYTE_TIMEOUT", "30")),
+        help="model routes: seconds a streamed answer may take to its response headers "
+        "before the next backend is tried",
+    )  # fmt: skip
+    parser.add_argument(
         "--price-table",
         default=_env("PRICE_TABLE", ""),
         help="YAML price table (needed by usd limits)",
@@ -319,6 +330,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         breaker_failures=args.breaker_failures,
         breaker_cooldown_s=args.breaker_cooldown,
         breaker_probe_ttl_s=args.breaker_probe_ttl,
+        first_byte_timeout_s=args.first_byte_timeout,
     )
     settings.validate()
     return settings

@@ -71,7 +71,10 @@ def build_runtime(settings: ServeSettings) -> Runtime:
         counter=counter,
         credentials=CredentialsHolder(credentials),
         metrics=metrics,
-        limits=Limits(max_body_bytes=settings.max_body_bytes),
+        limits=Limits(
+            max_body_bytes=settings.max_body_bytes,
+            first_byte_timeout_s=settings.first_byte_timeout_s,
+        ),
         prices=prices,
         events=events,
         overrides=OverrideBook(client=client),

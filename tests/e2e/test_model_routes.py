@@ -6,7 +6,9 @@ The mock provider fails one model and serves the other (`x-mock-only-model`)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from extproc.ctl import main as ctl
 from extproc.dev.stack import LocalStack
-from tests.e2e.harness import anthropic_client, client, metric_value, mock_records
+from tests.e2e.harness import anthropic_client, client, metric_value, mock_records, wait_until
 
 KEY = "tg-routed"
 PRICES = Path(__file__).resolve().parents[2] / "examples" / "prices.yaml"
@@ -75,7 +78,6 @@ FAILURES = {
     "500": {**FAIL_GPT, "x-mock-status": "500"},
     "429": {**FAIL_GPT, "x-mock-status": "429"},
     "reset": {**FAIL_GPT, "x-mock-fail": "reset"},
-    "no-first-byte": {**FAIL_GPT, "x-mock-delay-ms": "3000"},  # first_byte_timeout 1s
 }
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 # examples/prices.yaml, $ per million tokens (input, output)
@@ -98,7 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterator
         policy_dir=policies,
         run_dir=root / "run",
         vocab_dir=vocab_dir,
-        first_byte_timeout="1s",
+        first_byte_timeout_s=1.0,
         # Failover, not the breaker, is under test here: failures never open it.
         extra_serve_args=("--price-table", str(PRICES), "--breaker-failures", "1000000"),
     ).start()
@@ -163,10 +165,17 @@ def test_openai_client_is_served_by_the_anthropic_fallback(
     assert _spend(stack, "claude-sonnet-4-5", "anthropic") - spent == pytest.approx(expected, 1)
 
 
+STREAM_FAILURES = {
+    "503": FAILURES["503"],
+    "no-first-byte": {**FAIL_GPT, "x-mock-delay-ms": "3000"},  # first-byte timeout 1 s
+}
+
+
+@pytest.mark.parametrize("failure", sorted(STREAM_FAILURES))
 def test_a_streamed_answer_fails_over_and_streams_in_openai_format(
-    stack: LocalStack, tag: str
+    stack: LocalStack, tag: str, failure: str
 ) -> None:
-    chat = client(stack, KEY, tag, **FAILURES["503"])
+    chat = client(stack, KEY, tag, **STREAM_FAILURES[failure])
     chunks = list(
         chat.chat.completions.create(
             model="gpt-4o", messages=MESSAGES, max_tokens=30, stream=True,
@@ -179,6 +188,17 @@ def test_a_streamed_answer_fails_over_and_streams_in_openai_format(
     assert usage is not None and usage.completion_tokens > 0
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert _attempts(stack, tag)[-1] == ("/v1/messages", "claude-sonnet-4-5")
+
+
+def test_a_slow_plain_answer_is_waited_for_not_bought_twice(stack: LocalStack, tag: str) -> None:
+    """A plain answer sends its headers only once it is all generated: the first-byte
+    timeout (1 s here) is for streams; a 1.5 s plain answer is awaited, not failed over."""
+    headers = {**FAIL_GPT, "x-mock-delay-ms": "1500"}
+    raw = client(stack, KEY, tag, **headers).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=10
+    )
+    assert raw.headers["x-tokengate-backend"] == "openai/gpt-4o"
+    assert _attempts(stack, tag) == [("/v1/chat/completions", "gpt-4o")]
 
 
 def test_anthropic_client_is_served_by_the_openai_fallback(stack: LocalStack, tag: str) -> None:
@@ -285,7 +305,10 @@ def test_envoy_replies_after_failover_keep_the_clients_format(stack: LocalStack,
     headers = {"x-mock-delay-ms": "3000"}
     with pytest.raises(anthropic.APIStatusError) as caught:
         anthropic_client(stack, KEY, tag, **headers).messages.create(
-            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+            model="claude-sonnet-4-5",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
         )
     assert caught.value.status_code == 504
     assert caught.value.body == {
@@ -302,3 +325,43 @@ def test_a_client_cannot_pick_the_attempt(stack: LocalStack, tag: str) -> None:
     answer = raw.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
     assert answer.headers["x-tokengate-backend"] == "openai/gpt-4o"
     assert _attempts(stack, tag) == [("/v1/chat/completions", "gpt-4o")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_translated_answer_without_usage_is_charged_not_free(
+    stack: LocalStack, tag: str, stream: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The backend reports no usage: the translated answer must not read as 0 tokens (a
+    plain one is charged its reservation, a stream our count)."""
+    spent = _used(stack, capsys)
+    chat = client(stack, KEY, tag, **{"x-mock-omit-usage": "1"}).chat.completions
+    if stream:
+        list(chat.create(model="only-claude", messages=MESSAGES, max_tokens=20, stream=True))
+    else:
+        chat.create(model="only-claude", messages=MESSAGES, max_tokens=20)
+    wait_until(lambda: _used(stack, capsys) > spent)
+
+
+def _used(stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> int:
+    """Micro-dollars the namespace's spend limit has counted (`tokengate ctl usage`)."""
+    capsys.readouterr()
+    code = ctl.main(["--server", f"127.0.0.1:{stack.ports['control']}", "--token-file",
+                     str(stack.control_token_file), "-o", "json", "usage", "routed"])  # fmt: skip
+    assert code == 0
+    limits = json.loads(capsys.readouterr().out)["limits"]
+    return int(next(limit["used"] for limit in limits if limit["name"] == "spend"))
+
+
+def test_a_provider_outage_fails_over_every_concurrent_request(stack: LocalStack, tag: str) -> None:
+    """Envoy's default of 3 retries in flight per cluster turned most of these into 503s
+    (measured: 32 of 60); the failover clusters lift it."""
+
+    def call(_: int) -> str:
+        raw = client(stack, KEY, tag, **FAILURES["503"]).chat.completions.with_raw_response
+        return raw.create(model="gpt-4o", messages=MESSAGES, max_tokens=5).headers[
+            "x-tokengate-backend"
+        ]
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        served = list(pool.map(call, range(30)))
+    assert served == ["anthropic/claude-sonnet-4-5"] * 30

@@ -196,7 +196,10 @@ def test_a_probe_that_never_reports_frees_its_slot_after_its_ttl(stores: Stores)
     stores.run(scenario)
 
 
-def test_a_neutral_outcome_changes_nothing(stores: Stores) -> None:
+def test_a_neutral_outcome_changes_no_count_and_frees_the_probe_slot(stores: Stores) -> None:
+    """The request was at fault (a 400): neither a failure nor a success, but the probe got
+    an answer, so the next request may probe (it would otherwise wait the probe TTL)."""
+
     async def scenario(store: HealthStore, clock: FakeClock) -> None:
         await store.record(A, FAIL)
         assert await store.record(A, NEUTRAL) is Transition.NONE
@@ -205,8 +208,9 @@ def test_a_neutral_outcome_changes_nothing(stores: Stores) -> None:
         await store.record(A, FAIL)
         clock.now += POLICY.cooldown_s
         expect(await store.admit([A], tokens=1), (Verdict.PROBE, 0))
-        assert await store.record(A, NEUTRAL) is Transition.NONE  # the probe is still out
-        expect(await store.admit([A], tokens=1), (Verdict.OPEN, 60))
+        expect(await store.admit([A], tokens=1), (Verdict.OPEN, 60))  # the probe is out
+        assert await store.record(A, NEUTRAL) is Transition.NONE
+        expect(await store.admit([A], tokens=1), (Verdict.PROBE, 0))
         [state] = await store.view([A])
         assert (state.state, state.failures) == ("half-open", 3)
         neutral = Outcome(ok=None, headroom=Headroom(remaining_requests=7))
@@ -501,3 +505,17 @@ def test_a_silent_redis_is_a_store_timeout(silent_port: int) -> None:
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_only_the_claimed_backend_may_probe(stores: Stores) -> None:
+    """A half-open backend behind a usable one is no fallback: it would be a second probe."""
+
+    async def scenario(store: HealthStore, clock: FakeClock) -> None:
+        for _ in range(POLICY.failures):
+            await store.record(B, FAIL)
+        clock.now += POLICY.cooldown_s
+        verdicts = await store.admit([A, B], tokens=1)
+        assert [v.verdict for v in verdicts] == [Verdict.OK, Verdict.OPEN]
+        expect(await store.admit([B], tokens=1), (Verdict.PROBE, 0))  # the slot is still free
+
+    stores.run(scenario)

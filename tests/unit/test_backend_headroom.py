@@ -9,6 +9,7 @@ import math
 import pytest
 
 from extproc.backends.headroom import (
+    MAX_WAIT_S,
     anthropic_headroom,
     go_duration_s,
     openai_headroom,
@@ -255,3 +256,11 @@ def test_the_mock_providers_anthropic_headers_read_back() -> None:
         assert 0 <= headroom.tokens_reset_s - tokens.full_in < 1
         expected_retry = None if decision.admitted else max(1, math.ceil(decision.retry_after))
         assert headroom.retry_after_s == expected_retry
+
+
+def test_an_absurd_wait_is_believed_for_an_hour_at_most() -> None:
+    said = openai_headroom(
+        {"retry-after": "1000000000000", "x-ratelimit-reset-requests": "9999h0m0s"}
+    )
+    assert said is not None
+    assert said.retry_after_s == MAX_WAIT_S and said.requests_reset_s == MAX_WAIT_S

@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import json_format, struct_pb2
 
 from extproc.backends.health import Headroom, HealthPolicy, Outcome
+from extproc.backends.memory import MemoryHealth
 from extproc.errors import QuotaStoreError
 from extproc.gate.failover import ROUTE_METADATA_NAMESPACE
 from extproc.gate.processor import Processor
@@ -69,6 +70,18 @@ metadata: {{name: forbidden}}
 spec:
   model: forbidden
   backends: [{{provider: openai, model: o1-pro}}]
+---
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: tight, namespace: tight}}
+spec:
+  limits:
+    - {{name: one, requests: 1, per: 1d}}
+---
+apiVersion: tokengate.dev/v1
+kind: ApiKey
+metadata: {{name: svc, namespace: tight}}
+spec: {{sha256: {hashlib.sha256(b"tg-tight").hexdigest()}}}
 """
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -335,7 +348,8 @@ def test_each_attempt_reports_its_outcome(runtime: Runtime) -> None:
     }
     assert counts == {"ok": 1, "failed": 2, "no_answer": 1, "client_error": 1}
     (state,) = run(runtime.health.view(["openai/gpt-4o-mini"]))
-    assert state.failures == 3 and state.state == "closed"  # 503, 429, no answer; 400 is neutral
+    # 503 and 429 count; no answer (it may be the client leaving) and a 400 are neutral
+    assert state.failures == 2 and state.state == "closed"
 
 
 class _DownHealth:
@@ -360,3 +374,27 @@ def test_with_backend_health_unreachable_every_backend_is_tried(runtime: Runtime
     run(processor.on_request_body(em.body(CHAT)))
     reply = run(processor.on_response_headers(em.response_headers(200)))  # reported, not raised
     assert reply.HasField("response_headers")
+
+
+class _CountingHealth(MemoryHealth):
+    def __init__(self) -> None:
+        super().__init__(HealthPolicy())
+        self.admits = 0
+
+    async def admit(self, backends: Any, *, tokens: int) -> Any:
+        self.admits += 1
+        return await super().admit(backends, tokens=tokens)
+
+
+def test_a_request_its_quota_refuses_claims_no_backend(runtime: Runtime) -> None:
+    """Else a caller over its own budget could drain a shared provider's headroom (or hold
+    a half-open backend's probe slot) with requests that are never sent."""
+    runtime.health = health = _CountingHealth()
+
+    async def send() -> ep.ProcessingResponse:
+        processor, _ = await start(runtime, em.request_headers("tg-tight"))
+        return await processor.on_request_body(em.body(CHAT))
+
+    assert run(send()).HasField("request_body")
+    assert run(send()).immediate_response.status.code == 429
+    assert health.admits == 1

@@ -206,6 +206,18 @@ def test_upstream_error_releases_tokens_and_skips_the_body(runtime: Runtime) -> 
     assert run(_used(runtime, "rpm")) == 1
 
 
+def test_a_gateway_timeout_is_charged_as_reserved_not_refunded(runtime: Runtime) -> None:
+    """504: Envoy gave up waiting, the provider may have billed the work all the same."""
+
+    async def scenario() -> None:
+        processor, _ = await _admit(runtime)
+        await processor.on_response_headers(em.response_headers(504))
+        await processor.finish()
+
+    run(scenario())
+    assert run(_used(runtime, "tokens")) == PROMPT + 100  # the prompt and defaultMaxTokens
+
+
 def test_client_gone_before_the_answer_settles_the_reservation_once(runtime: Runtime) -> None:
     async def scenario() -> None:
         processor, _ = await _admit(runtime)

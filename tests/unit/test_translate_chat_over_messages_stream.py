@@ -271,3 +271,8 @@ def test_the_sdk_accumulates_the_translated_stream_end_to_end() -> None:
         "get_weather",
     ]
     assert final.usage is not None and final.usage.total_tokens == 35 + 1200 + 4096 + 154
+
+
+def test_an_event_of_no_known_type_is_skipped_not_a_crash() -> None:
+    stream = ChatOverMessages(clock=lambda: 0.0).stream(include_usage=True)
+    assert stream.feed(b'event: x\ndata: {"type": []}\n\n') == b""

@@ -20,9 +20,10 @@ from openai.types.chat import ChatCompletionChunk
 from extproc.providers._base import Usage
 from extproc.providers.anthropic import PROVIDER as ANTHROPIC
 from extproc.providers.openai import PROVIDER as OPENAI
-from extproc.providers.sse import Event, SSEParser
+from extproc.providers.sse import MAX_EVENT_BYTES, Event, SSEParser
 from extproc.providers.translate import StreamTranslator
 from extproc.providers.translate.messages_over_chat import TRANSLATION
+from extproc.providers.translate.messages_over_chat import TRANSLATION as MESSAGES_OVER_CHAT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STREAMS = FIXTURES / "translate" / "messages_over_chat"
@@ -317,3 +318,10 @@ def test_noise_is_ignored() -> None:
         chunk({"content": "hi"}, "stop", usage=USAGE),
     )
     assert noisy == quiet
+
+
+def test_an_event_too_large_to_read_ends_the_stream_with_an_error_event() -> None:
+    stream = MESSAGES_OVER_CHAT.stream(include_usage=True)
+    out = stream.feed(b"data: " + b"x" * (MAX_EVENT_BYTES + 10) + b"\n\n")
+    assert out.startswith(b"event: error\n")
+    assert stream.feed(b'data: {"choices": []}\n\n') == b""  # nothing after the error

@@ -11,7 +11,6 @@ Python into files/local-reply-mappers.json (`make chart-files`; a test fails whi
 {{- $failover := .Files.Get "files/failover.json" | fromJson -}}
 {{- $failoverRoute := deepCopy $failover.route -}}
 {{- $_ := set $failoverRoute.route "timeout" $v.envoy.routeTimeout -}}
-{{- $_ := set $failoverRoute.route.retry_policy "per_try_timeout" $v.envoy.firstByteTimeout -}}
 admin:
   address:
     socket_address: {address: 127.0.0.1, port_value: {{ $v.envoy.adminPort }}}

@@ -96,6 +96,8 @@ class ChunkStream:
         if not isinstance(data, dict):
             return b""
         kind = data.get("type")
+        if not isinstance(kind, str):  # e.g. `"type": []`: no event of ours, never a crash
+            return b""
         if kind in _USAGE_EVENTS:
             self._usage.read(event)
         if kind == "content_block_delta":

@@ -62,7 +62,7 @@ zero counts (OpenAI always sends it when asked, as the request does). An in-stre
 error -> an `error` event and nothing after it; a stream that ends (`close()`) before it was
 complete -> one `error` event (api_error), so the SDK raises rather than hand over a message
 silently cut short — no content, stop reason or usage is invented. Chunks that are not JSON
-objects are skipped; an event over the SSE parser's bound raises its `SSEError`.
+objects are skipped; an event over the SSE parser's bound ends the stream with an `error` event.
 
 Errors (`answer.error`): the status kept, Anthropic's error type chosen by status
 (`answer.error_type`, on `anthropic.ERROR_TYPES`), OpenAI's message; a body that is not

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from extproc.providers.sse import SSEParser
+from extproc.providers.sse import SSEError, SSEParser
 from extproc.providers.translate.messages_over_chat.answer import (
     STREAM_ERROR_TYPES,
     dumps,
@@ -61,7 +61,12 @@ class MessagesStream:
         if self._ended:
             return b""
         out: list[bytes] = []
-        for sse in self._parser.feed(chunk):
+        try:
+            events = self._parser.feed(chunk)
+        except SSEError:  # an event over the parser's bound: the stream cannot be read on
+            self._ended = True
+            return error_event("api_error", "the backend's stream could not be read")
+        for sse in events:
             self._read(sse.data, out)
             if self._ended:
                 break
