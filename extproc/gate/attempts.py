@@ -18,6 +18,7 @@ from extproc.telemetry.events import Event
 log = logging.getLogger(__name__)
 
 _REPORTS: set[asyncio.Task[None]] = set()  # reports in flight, kept from the GC
+MAX_REPORTS_IN_FLIGHT = 1000
 
 
 def outcome_of(provider: str, status: int, headers: Mapping[str, str]) -> Outcome:
@@ -41,6 +42,8 @@ def report(rt: Runtime, backend: str, outcome: Outcome, *, answered: bool = True
     if not answered:
         label = "no_answer"
     rt.metrics.backend_attempts.labels(backend, label).inc()
+    if len(_REPORTS) >= MAX_REPORTS_IN_FLIGHT or not rt.store.up:
+        return  # a slow or absent store loses reports, never piles them up
     task = asyncio.get_running_loop().create_task(_record(rt, backend, outcome))
     _REPORTS.add(task)
     task.add_done_callback(_REPORTS.discard)

@@ -193,8 +193,11 @@ class GovernedProcessor(Processor):
 
     async def _healthy(self, chain: RoutePlan, *, tokens: int) -> RoutePlan:
         """Skip backends whose breaker is open or whose provider limit is reached; with the
-        health store unreachable, every backend is tried (Envoy still fails over)."""
+        health store unreachable (it lives in the quota store), every backend is tried and
+        Envoy still fails over."""
         ids = [backend_id(b) for b in chain.backends]
+        if not self._rt.store.up:  # the shared store is known down: no 250 ms wait to learn it
+            return chain
         try:
             verdicts = await self._rt.health.admit(ids, tokens=tokens)
         except QuotaStoreError as exc:
