@@ -99,8 +99,10 @@ def test_governed_requests_are_checked_and_settled_in_two_round_trips(driver: Dr
 
 def test_saturation_shares_round_trips_between_requests(driver: Driver) -> None:
     trips = driver.saturated_round_trips(Load(16, 1.0, warmup_s=0))
-    # Requests the generator cut at the end of the run may never have reached a reserve.
-    assert 1.9 <= trips["script_calls"] <= 2.0
+    # Requests the generator cut at the end of the run may never have reached a reserve
+    # (under 2); the sidecar's liveness heartbeat is a script call too, one every few
+    # seconds, landing in the same count (2.001-2.002 seen on a loaded machine).
+    assert 1.9 <= trips["script_calls"] <= 2.02
     assert trips["round_trips"] < trips["script_calls"]
 
 

@@ -128,10 +128,10 @@ class Driver:
         finished, calls = self.stack.requests_finished(), self.stack.script_calls()
         reads = self.stack.store_reads()  # its own read is in the count; the next one's not
         self.run("governed", load)
-        done = self._quiet(finished)
+        done, called = self._quiet(finished, calls)
         return {
             "round_trips": round((self.stack.store_reads() - reads - 1) / done, 3),
-            "script_calls": round((self.stack.script_calls() - calls) / done, 3),
+            "script_calls": round(called / done, 3),
         }
 
     def round_trips(self, *, stream: bool, requests: int) -> dict[str, float]:
@@ -165,14 +165,17 @@ class Driver:
         time.sleep(seconds)  # an idle stretch as long as the counted run
         return self.stack.store_reads() - reads - 1
 
-    def _quiet(self, finished: float) -> float:
-        """Requests the sidecar finished since `finished`, once it has finished the last
-        of them (a timed run ends with some in flight)."""
-        last = -1.0
-        while (now := self.stack.requests_finished()) != last:
+    def _quiet(self, finished: float, calls: int) -> tuple[float, int]:
+        """Requests the sidecar finished since `finished`, and the script calls since
+        `calls`, read together once neither moves any more (a timed run ends with some
+        requests in flight: a settle's script call lands before its request is counted,
+        so a snapshot taken while only the first had stopped read 2.01 calls a request on
+        a loaded machine)."""
+        last: tuple[float, int] = (-1.0, -1)
+        while (now := (self.stack.requests_finished(), self.stack.script_calls())) != last:
             last = now
-            time.sleep(0.2)  # the count still moving: requests are settling
-        return now - finished
+            time.sleep(0.2)  # the counts still moving: requests are settling
+        return now[0] - finished, now[1] - calls
 
     def _answered(self, count: int, rate: float, stream: bool) -> None:
         """Send exactly `count` requests through the governed gateway, and return once every
