@@ -130,6 +130,19 @@ def parse_period(doc: Doc, value: object, field: str) -> tuple[int, int]:
     return seconds, 0
 
 
+def duration_s(doc: Doc, value: object, field: str) -> int:
+    """A duration written like a limit's `per`, in whole seconds, between 1s and 366d;
+    months are refused (their length varies), so `30d` says what `1mo` would mean."""
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None or match.group(2) == "mo":
+        shape = "a duration like 30s, 1m, 1h or 14d (a number and s|m|h|d)"
+        doc.fail(field, f"must be {shape}, got {show(value)}")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not _PERIOD_MIN_S <= seconds <= _PERIOD_MAX_S:
+        doc.fail(field, f"must be between 1s and 366d, got {value}")
+    return seconds
+
+
 def token_count(doc: Doc, value: object, field: str) -> int:
     """A number of completion tokens a policy writes or reserves. A million is beyond any
     model's completion limit, so a larger value is a typo (an extra zero), not a wish."""

@@ -21,13 +21,14 @@ from typing import Any, NoReturn
 import yaml
 
 from extproc.errors import ConfigError, PolicyError
-from extproc.policy.model import ApiKey, ModelRoute, PolicySnapshot, QuotaPolicy, Route
+from extproc.policy.key_pools import key_pool_reference_problem
+from extproc.policy.model import ApiKey, KeyPool, ModelRoute, PolicySnapshot, QuotaPolicy, Route
 from extproc.policy.validate import validate_document
 
 MAX_FILE_BYTES = 1 << 20
 SUFFIXES = (".yaml", ".yml", ".json")
 
-Document = QuotaPolicy | ApiKey | Route | ModelRoute
+Document = QuotaPolicy | ApiKey | Route | ModelRoute | KeyPool
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -54,6 +55,16 @@ class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]
         return result
 
 
+def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    """An unquoted `2027-01-31` stays the text written, as Kubernetes reads it: no policy
+    field is a YAML timestamp (`expires` parses its own forms, with an error naming the
+    field), and PyYAML's own conversion raises a bare ValueError on `2027-02-30`."""
+    return str(loader.construct_scalar(node))
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+
+
 @dataclass(frozen=True, slots=True)
 class _Located:
     """A validated object and where it came from, for cross-document error messages."""
@@ -71,9 +82,12 @@ def parse_documents(text: str, *, file: str, allow_usd: bool = False) -> list[Do
 
 def validate_file(text: str, *, file: str, allow_usd: bool = False) -> list[Document]:
     """`parse_documents` plus the checks across documents that loading applies (a namespace,
-    key or model route defined twice): what the control API's ValidatePolicy answers."""
+    key, model route or key pool defined twice; a backend's key pool): what the control API's
+    ValidatePolicy and policy-sync answer. One file is part of a set, so a key pool it does
+    not define may be defined in another; one it defines is checked."""
     located = _parse(text, file=file, allow_usd=allow_usd)
     _index(located)
+    _check_key_pools(located, complete=False)
     return [item.obj for item in located]
 
 
@@ -101,11 +115,13 @@ def load_directories(
             contents.append((name, raw))
             located.extend(_parse(_decode(raw, name), file=name, allow_usd=allow_usd))
     policies, keys = _index(located)
+    _check_key_pools(located, complete=True)
     return PolicySnapshot(
         policies=MappingProxyType(policies),
         keys_by_sha256=MappingProxyType(keys),
         routes=tuple(item.obj for item in located if isinstance(item.obj, Route)),
         model_routes=tuple(item.obj for item in located if isinstance(item.obj, ModelRoute)),
+        key_pools=tuple(item.obj for item in located if isinstance(item.obj, KeyPool)),
         version=_version(contents),
         loaded_at=now(),
         sources=tuple(name for name, _ in contents),
@@ -202,13 +218,13 @@ def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, A
     keys: dict[str, ApiKey] = {}
     for item in located:
         obj = item.obj
-        kind = type(obj).__name__
-        ident = (kind, obj.namespace, obj.name)
+        kind = _kind(obj)
+        ident = (kind, _scope(obj), obj.name)
         if ident in seen_names:
-            what = f"{kind} {obj.namespace or '(cluster-wide)'}/{obj.name}"
+            what = f"{kind} {_scope(obj) or '(cluster-wide)'}/{obj.name}"
             _clash(item, "metadata.name", what, seen_names[ident])
         seen_names[ident] = item
-        if isinstance(obj, Route):
+        if isinstance(obj, Route | KeyPool):
             continue
         if isinstance(obj, ModelRoute):
             scope = (obj.namespace, obj.model)
@@ -234,10 +250,47 @@ def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, A
 
 def _clash(item: _Located, field: str, what: str, first: _Located) -> NoReturn:
     problem = (
-        f"{what} is already defined as {first.obj.namespace or '(cluster-wide)'}/{first.obj.name} "
+        f"{what} is already defined as {_scope(first.obj) or '(cluster-wide)'}/{first.obj.name} "
         f"in {first.file} (document {first.document})"
     )
     raise PolicyError(file=item.file, document=item.document, field=field, problem=problem)
+
+
+def _kind(obj: Document) -> str:
+    """The `kind` a document is written with (a KeyPool is a `ProviderKeyPool`)."""
+    return "ProviderKeyPool" if isinstance(obj, KeyPool) else type(obj).__name__
+
+
+def _scope(obj: Document) -> str | None:
+    """The namespace a document is defined in; None: cluster-wide (a key pool always is)."""
+    return None if isinstance(obj, KeyPool) else obj.namespace
+
+
+def _check_key_pools(located: list[_Located], *, complete: bool) -> None:
+    """Every backend naming a key pool names one that exists and holds keys of the
+    backend's provider; the error names the route's document and the backend's `keyPool`.
+    `complete` False: these documents are one file of a larger set (`validate_file`), so a
+    pool they do not define may be defined elsewhere and only the pools found are checked."""
+    pools: dict[str, KeyPool] = {}
+    where: dict[str, str] = {}
+    for item in located:
+        if isinstance(item.obj, KeyPool):
+            pools[item.obj.name] = item.obj
+            where[item.obj.name] = f"{item.file}, document {item.document}"
+    for item in located:
+        if not isinstance(item.obj, ModelRoute):
+            continue
+        for i, backend in enumerate(item.obj.backends):
+            if not complete and backend.key_pool not in pools:
+                continue
+            problem = key_pool_reference_problem(backend, pools, where=where)
+            if problem is not None:
+                raise PolicyError(
+                    file=item.file,
+                    document=item.document,
+                    field=f"spec.backends[{i}].keyPool",
+                    problem=problem,
+                )
 
 
 def _version(contents: list[tuple[str, bytes]]) -> str:

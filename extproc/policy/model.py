@@ -11,6 +11,7 @@ import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType
 
 from extproc.errors import InvariantError
@@ -151,6 +152,9 @@ class Backend:
     provider: str
     model: str
     max_tokens: int = DEFAULT_BACKEND_MAX_TOKENS
+    # The `ProviderKeyPool` whose keys serve this backend (the loader checks that it exists
+    # and holds keys of this backend's provider); None: the provider's configured key.
+    key_pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +172,35 @@ class ModelRoute:
     source: str = ""
 
 
+# How long before a key's expiry the pool warns, when `warnBefore` is not written.
+DEFAULT_WARN_BEFORE_S = 14 * 86400
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolKey:
+    """One provider key of a pool: its name (for logs and metrics; never the key) and the
+    file that holds it (read at run time, never by the loader). `expires_at` is the unix
+    time from which the key is no longer used (a date written in the policy is used until
+    the end of that UTC day); None: it does not expire."""
+
+    name: str
+    file: Path
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyPool:
+    """A `ProviderKeyPool`: the keys of one provider that a `Backend` naming the pool is
+    served with. Cluster-wide only (the platform team's): the keys are the provider account's.
+    `warn_before_s`: how long before a key's expiry to warn."""
+
+    name: str
+    provider: str
+    keys: tuple[PoolKey, ...]
+    warn_before_s: float = DEFAULT_WARN_BEFORE_S
+    source: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     """Everything the data path needs to decide, swapped whole on reload."""
@@ -179,11 +212,13 @@ class PolicySnapshot:
     sources: tuple[str, ...] = field(default=())
     routes: tuple[Route, ...] = ()  # what default deny lets through, in file order
     model_routes: tuple[ModelRoute, ...] = ()  # in file order; at most one per model and scope
+    key_pools: tuple[KeyPool, ...] = ()  # in file order; names are unique
     # model -> scope (a namespace, or None for cluster-wide) -> route. Built once here, so
     # the lookup on every governed request costs two dict reads, never a scan.
     _model_index: Mapping[str, Mapping[str | None, ModelRoute]] = field(
         init=False, repr=False, compare=False
     )
+    _pool_index: Mapping[str, KeyPool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index: dict[str, dict[str | None, ModelRoute]] = {}
@@ -197,6 +232,14 @@ class PolicySnapshot:
             scopes[route.namespace] = route
         frozen = {model: MappingProxyType(scopes) for model, scopes in index.items()}
         object.__setattr__(self, "_model_index", MappingProxyType(frozen))
+        pools: dict[str, KeyPool] = {}
+        for pool in self.key_pools:
+            if pool.name in pools:
+                raise InvariantError(
+                    f"two ProviderKeyPools named {pool.name!r}: the loader refuses this"
+                )
+            pools[pool.name] = pool
+        object.__setattr__(self, "_pool_index", MappingProxyType(pools))
 
     def model_route(self, namespace: str, model: str) -> ModelRoute | None:
         """The route for `model` as a caller in `namespace` sent it: the namespace's own
@@ -206,3 +249,7 @@ class PolicySnapshot:
             return None
         own = scopes.get(namespace)
         return own if own is not None else scopes.get(None)
+
+    def key_pool(self, name: str) -> KeyPool | None:
+        """The `ProviderKeyPool` called `name` (what `Backend.key_pool` names), else None."""
+        return self._pool_index.get(name)

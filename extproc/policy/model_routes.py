@@ -4,8 +4,10 @@ that serve it in the order they are tried (the first, then the fallbacks).
 The name is matched exactly on every governed request, so it is checked here for what would
 make it silently never match: whitespace, control or invisible characters, and glob
 characters, which QuotaPolicy's `models.allow` reads as patterns but a route does not. A
-backend names a provider (its schema, upstream and key) and that provider's own model name;
-the same backend twice would be a retry, which is Envoy's retry policy, not a fallback.
+backend names a provider (its schema, upstream and key) and that provider's own model name,
+and optionally the `ProviderKeyPool` whose keys serve it (that it exists and holds keys of the
+backend's provider is checked by the loader, across documents); the same backend twice would
+be a retry, which is Envoy's retry policy, not a fallback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from extproc.policy._fields import (
     Doc,
     check_fields,
+    dns_label,
     list_,
     mapping,
     required,
@@ -28,7 +31,7 @@ from extproc.policy.routes import PROVIDERS
 MAX_BACKENDS = 4
 MODEL_NAME_MAX = 200
 _FIELDS = ("model", "backends")
-_BACKEND_FIELDS = ("provider", "model", "maxTokens")
+_BACKEND_FIELDS = ("provider", "model", "maxTokens", "keyPool")
 # Cc: control characters; Cf: invisible format characters (zero-width space, BOM, ...).
 _INVISIBLE = ("Cc", "Cf")
 _GLOB = ("*", "?")
@@ -103,10 +106,12 @@ def _backend(doc: Doc, value: object, field: str) -> Backend:
         doc.fail(
             f"{field}.provider", f"must be one of {', '.join(PROVIDERS)}; got {show(provider)}"
         )
+    pool = item.get("keyPool")
     return Backend(
         provider=provider,
         model=model_name(doc, required(doc, item, "model", f"{field}."), f"{field}.model"),
         max_tokens=token_count(
             doc, item.get("maxTokens", DEFAULT_BACKEND_MAX_TOKENS), f"{field}.maxTokens"
         ),
+        key_pool=None if pool is None else dns_label(doc, pool, f"{field}.keyPool"),
     )

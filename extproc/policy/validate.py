@@ -1,5 +1,5 @@
-"""Turn one parsed YAML document into a `QuotaPolicy`, an `ApiKey`, a `Route` or a
-`ModelRoute`, or say exactly what is wrong with it.
+"""Turn one parsed YAML document into a `QuotaPolicy`, an `ApiKey`, a `Route`, a
+`ModelRoute` or a `KeyPool` (kind `ProviderKeyPool`), or say exactly what is wrong with it.
 
 Validation is strict and stops at the first problem: a policy file is written by a person, so
 one precise message ("team-a.yaml (document 2): spec.limits[2].tokns: unknown field ...") is
@@ -26,9 +26,11 @@ from extproc.policy._fields import (
     show,
     token_count,
 )
+from extproc.policy.key_pools import key_pool_document
 from extproc.policy.model import (
     ApiKey,
     FailMode,
+    KeyPool,
     ModelRoute,
     Priority,
     QuotaPolicy,
@@ -38,7 +40,7 @@ from extproc.policy.model_routes import model_route_document
 from extproc.policy.routes import route_document
 
 API_VERSION = "tokengate.dev/v1"
-KINDS = ("QuotaPolicy", "ApiKey", "Route", "ModelRoute")
+KINDS = ("QuotaPolicy", "ApiKey", "Route", "ModelRoute", "ProviderKeyPool")
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -56,7 +58,7 @@ _E = TypeVar("_E", Priority, FailMode)
 
 def validate_document(
     data: object, *, file: str, document: int, allow_usd: bool = False
-) -> QuotaPolicy | ApiKey | Route | ModelRoute:
+) -> QuotaPolicy | ApiKey | Route | ModelRoute | KeyPool:
     """Validate one document; `file` (also the object's `source`) and the 1-based `document`
     index name it in errors. `allow_usd` says a price table is configured: without one a
     dollar limit could never be charged, so accepting it would be a quota that never bites."""
@@ -77,6 +79,15 @@ def validate_document(
     if kind == "ModelRoute":
         name, scope = _metadata(doc, meta, namespace_required=False)
         return model_route_document(doc, spec, name=name, namespace=scope)
+    if kind == "ProviderKeyPool":
+        if meta.get("namespace") is not None:
+            doc.fail(
+                "metadata.namespace",
+                "a ProviderKeyPool is cluster-wide (its keys are the provider account's, "
+                "which every namespace shares); remove metadata.namespace",
+            )
+        name, _ = _metadata(doc, meta, namespace_required=False)
+        return key_pool_document(doc, spec, name=name)
     name, namespace = _metadata(doc, meta, namespace_required=True)
     assert namespace is not None
     if kind == "QuotaPolicy":
@@ -89,7 +100,7 @@ def _metadata(
 ) -> tuple[str, str | None]:
     """Name and namespace are DNS-1123 labels because they become Kubernetes namespaces and
     store keys; labels and annotations are accepted (kubectl tooling adds them) and ignored.
-    A Route or ModelRoute without a namespace is cluster-wide."""
+    A Route or ModelRoute without a namespace is cluster-wide; a ProviderKeyPool always is."""
     check_fields(doc, meta, _METADATA_FIELDS, "metadata.")
     for extra in ("labels", "annotations"):
         if extra in meta:
