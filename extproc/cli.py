@@ -322,7 +322,10 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8000)
     mock.add_argument("--port-file", default="")
-    mock.add_argument("--require-key", default="", help="answer 401 unless this key is sent")
+    mock.add_argument(
+        "--require-key", default="",
+        help="answer 401 unless this key (or one of several, comma-separated) is sent",
+    )  # fmt: skip
     mock.add_argument(
         "--key-rpm",
         type=int,

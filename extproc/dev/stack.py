@@ -169,6 +169,7 @@ class LocalStack:
     first_byte_timeout_s: float = 30.0  # model routes: a stream's wait for its backend
     extra_serve_args: tuple[str, ...] = ()
     extra_mock_args: tuple[str, ...] = ()  # e.g. ("--key-rpm", "6")
+    extra_mock_keys: tuple[str, ...] = ()  # more keys the mock accepts (key pools)
     # Another bootstrap (e.g. the Helm chart's), made once the mock's and the sidecar's
     # ports are known; it gets those ports.
     envoy_config: Callable[[Mapping[str, int]], str] | None = None
@@ -260,7 +261,8 @@ class LocalStack:
         child = Child(
             "mock-provider",
             _tokengate("mock-provider", "--port", str(self.mock_port),
-                       "--require-key", self.mock_key, "--vocab-dir", str(self.vocab_dir),
+                       "--require-key", ",".join((self.mock_key, *self.extra_mock_keys)),
+                       "--vocab-dir", str(self.vocab_dir),
                        *self.extra_mock_args),
             log_dir=self.run_dir,
             env=child_env(),

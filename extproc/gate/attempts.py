@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from extproc.backends.headroom import anthropic_headroom, openai_headroom
 from extproc.backends.health import Outcome, Transition
 from extproc.errors import QuotaStoreError
+from extproc.gate.key_ring import RingKey
 from extproc.gate.runtime import Runtime
 from extproc.telemetry.events import Event
 
@@ -61,3 +62,13 @@ async def _record(rt: Runtime, backend: str, outcome: Outcome) -> None:
             Event(f"backend_{transition.value}", f"backend {backend} {transition.value}")
         )
         log.warning("backend %s: circuit breaker %s", backend, transition.value)
+
+
+def rejected(rt: Runtime, key: RingKey) -> None:
+    """A pool key its provider answered 401: out of this worker's rotation until its file
+    holds another key, and said so (by pool and name, never the key)."""
+    if rt.key_chooser.disable(key):
+        rt.metrics.keys_disabled.labels(key.pool, key.name).inc()
+        message = f"provider key {key.label} answered 401: out of rotation until rotated"
+        log.error("%s", message)
+        rt.events.publish(Event(kind="key_disabled", message=message))

@@ -19,16 +19,18 @@ from extproc.errors import (
     ClientError,
     PayloadTooLarge,
     QuotaStoreError,
+    Unavailable,
     UnsupportedMediaType,
 )
 from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
 from extproc.gate.answers import PlainAnswer, StreamedAnswer
-from extproc.gate.attempts import outcome_of, report
+from extproc.gate.attempts import outcome_of, rejected, report
 from extproc.gate.credentials import without_credential_query
 from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
 from extproc.gate.failover import BACKEND_HEADER, MAX_RETRIES_HEADER, PER_TRY_TIMEOUT_HEADER
+from extproc.gate.key_ring import RingKey
 from extproc.gate.processor import UPSTREAM_HEADER, Processor, header_map, succeeded
 from extproc.gate.routing import RoutePlan, backend_id, healthy, plan, served_by
 from extproc.gate.runtime import Runtime
@@ -64,6 +66,7 @@ class GovernedProcessor(Processor):
         self._cap: int | None = None  # the completion cap the budget allows (clamping on)
         self._plan: RoutePlan | None = None  # a ModelRoute serves this model
         self._unreported: Backend | None = None  # an alias's backend, until it answers
+        self._key: RingKey | None = None  # an alias's pool key
 
     @property
     def model(self) -> str:
@@ -124,7 +127,23 @@ class GovernedProcessor(Processor):
         renamed = dataclasses.replace(parsed, rewrites={**parsed.rewrites, "model": backend.model})
         body = renamed.body_with(cap)
         assert body is not None, "the model is always rewritten"
-        return replies.request_body_reply(body)
+        key = self._key
+        if key is None:
+            return replies.request_body_reply(body)
+        self._rt.metrics.key_uses.labels(key.pool, key.name).inc()
+        self._headers[BACKEND_HEADER] += f";key={key.label}"
+        credential = {self._key_header: self._provider.credential_value(key.secret.reveal())}
+        return replies.request_body_reply(body, set_headers=credential)
+
+    def _pool_key(self, backend: Backend | None) -> RingKey | None:
+        """An alias's pool key, chosen before anything is sent; none usable is a 503."""
+        if backend is None or not backend.key_pool:
+            return None
+        chooser, ring = self._rt.key_chooser, self._rt.keys.current
+        key = chooser.choose(ring, backend.key_pool, now=time.time())
+        if key is None:
+            raise Unavailable(f"No usable key in provider key pool {backend.key_pool}.")
+        return key
 
     def _routed(self, route: RoutePlan, body: bytes | None) -> ep.ProcessingResponse:
         """Envoy's failover cluster for the route's backends; each attempt's upstream phase
@@ -167,6 +186,7 @@ class GovernedProcessor(Processor):
             # for the tokens it was let through with (the cap, not what it asked).
             try:
                 self._plan = await self._healthy(chain, tokens=reservation.cost.tokens)
+                self._key = self._pool_key(self._direct_backend())
             except ClientError:
                 await self._rt.store.release(reservation)
                 raise
@@ -271,6 +291,8 @@ class GovernedProcessor(Processor):
             assert backend is not None
             status = int(headers.get(":status", "0") or 0)
             report(self._rt, backend_id(backend), outcome_of(backend.provider, status, headers))
+            if status == 401 and self._key is not None:
+                rejected(self._rt, self._key)
         if not succeeded(headers):
             self.outcome = "upstream_error"
             reservation, self._reservation = self._reservation, None

@@ -89,12 +89,15 @@ def response_headers_reply(
     return reply
 
 
-def request_body_reply(body: bytes) -> ep.ProcessingResponse:
+def request_body_reply(
+    body: bytes, *, set_headers: Mapping[str, str] | None = None
+) -> ep.ProcessingResponse:
     """Send `body` upstream instead of the client's. Its content-length is removed (Envoy
     then sends it chunked): Envoy 1.40 rejects the mutation as a length mismatch when the
-    reply sets a corrected content-length instead (measured; see README)."""
+    reply sets a corrected content-length instead (measured; see README). `set_headers`:
+    request headers decided only now (a pool key chosen with the body)."""
     common = ep.CommonResponse(
-        header_mutation=_header_mutation({}, ("content-length",)),
+        header_mutation=_header_mutation(set_headers or {}, ("content-length",)),
         body_mutation=ep.BodyMutation(body=body),
     )
     return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))

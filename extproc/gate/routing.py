@@ -62,6 +62,7 @@ class RoutePlan:
             "path": path,
             "stream": stream,
             "backends": [f"{b.provider}/{b.model}/{b.max_tokens}" for b in self.backends],
+            "pools": [b.key_pool or "" for b in self.backends],  # "": the provider's key
         }
         # An OpenAI client's anthropic-* headers are not the client's API: an anthropic-beta
         # could switch on billed features the price table does not know.

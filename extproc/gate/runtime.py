@@ -12,6 +12,7 @@ from extproc.backends.health import HealthPolicy, HealthStore
 from extproc.backends.memory import MemoryHealth
 from extproc.gate.credentials import Secret
 from extproc.gate.identity import Caller
+from extproc.gate.key_ring import KeyChooser, KeyRing
 from extproc.policy.model import PolicySnapshot
 from extproc.policy.overrides import OverrideBook
 from extproc.policy.prices import PriceTable
@@ -63,6 +64,9 @@ class Runtime:
     ledger: Ledger = field(default_factory=Ledger)
     # Model routes' backends: breakers and provider headroom (Redis with a shared store).
     health: HealthStore = field(default_factory=lambda: MemoryHealth(HealthPolicy()))
+    # Provider key pools: the keys read from their files (swapped whole), and the turns.
+    keys: Current[KeyRing] = field(default_factory=lambda: Current(KeyRing()))
+    key_chooser: KeyChooser = field(default_factory=KeyChooser)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: os.urandom(6).hex())
 

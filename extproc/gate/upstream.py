@@ -13,6 +13,7 @@ governed stream counts, settles and reports the request.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,8 +27,8 @@ from extproc.backends.health import Outcome
 from extproc.errors import BadRequest, ClientError, Unavailable
 from extproc.gate import replies
 from extproc.gate.admission import Tenant
-from extproc.gate.attempts import outcome_of, report
-from extproc.gate.credentials import CLIENT_CREDENTIAL_HEADERS
+from extproc.gate.attempts import outcome_of, rejected, report
+from extproc.gate.credentials import CLIENT_CREDENTIAL_HEADERS, Secret
 from extproc.gate.endpoints import PROVIDERS
 from extproc.gate.failover import (
     ATTEMPT_HEADER,
@@ -36,6 +37,7 @@ from extproc.gate.failover import (
     PROVIDER_METADATA_NAMESPACE,
     ROUTE_METADATA_NAMESPACE,
 )
+from extproc.gate.key_ring import RingKey
 from extproc.gate.processor import Processor, header_map, succeeded
 from extproc.gate.runtime import Runtime
 from extproc.providers.translate import StreamTranslator, Translation
@@ -65,6 +67,7 @@ class Target:
     provider: str
     model: str
     max_tokens: int
+    key_pool: str = ""  # "": the provider's own key
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +84,12 @@ class RouteFacts:
     def read(cls, route: struct_pb2.Struct) -> RouteFacts:
         fields = route.fields
         backends = []
-        for value in fields["backends"].list_value.values:
+        pools = [v.string_value for v in fields["pools"].list_value.values]
+        for index, value in enumerate(fields["backends"].list_value.values):
             provider, rest = value.string_value.split("/", 1)  # models may hold a '/'
             model, max_tokens = rest.rsplit("/", 1)
-            backends.append(Target(provider, model, int(max_tokens)))
+            pool = pools[index] if index < len(pools) else ""
+            backends.append(Target(provider, model, int(max_tokens), pool))
         headers = {k: v.string_value for k, v in fields["headers"].struct_value.fields.items()}
         return cls(
             client=fields["client"].string_value,
@@ -136,6 +141,7 @@ class UpstreamProcessor(Processor):
         self._stream: StreamTranslator | None = None
         self._status = 0
         self._reported = False
+        self._key: RingKey | None = None  # the pool key this attempt carries
         self.upstream = "-"
 
     async def on_request_headers(
@@ -147,9 +153,10 @@ class UpstreamProcessor(Processor):
             return self.refuse(error)
         self._target = target
         self._translation = translation_for(self._facts.client, target.provider)
-        secret = self._rt.credentials.current.get(target.provider)
-        if secret is None:
-            return self.refuse(Unavailable(f"no provider credential for {target.provider}"))
+        try:
+            secret = self._credential(target)
+        except ClientError as error:
+            return self.refuse(error)
         backend = PROVIDERS[target.provider]
         path = self._translation.backend_path if self._translation else self._facts.path
         headers = {
@@ -171,6 +178,22 @@ class UpstreamProcessor(Processor):
         return replies.request_headers_reply(
             set_headers=headers, remove=remove, mode=self.mode, clear_route_cache=False
         )
+
+    def _credential(self, target: Target) -> Secret:
+        """The backend's pool key (its turn, among the usable ones), else the provider's."""
+        if target.key_pool:
+            key = self._rt.key_chooser.choose(
+                self._rt.keys.current, target.key_pool, now=time.time()
+            )
+            if key is None:
+                raise Unavailable(f"no usable key in provider key pool {target.key_pool}")
+            self._key = key
+            self._rt.metrics.key_uses.labels(key.pool, key.name).inc()
+            return key.secret
+        secret = self._rt.credentials.current.get(target.provider)
+        if secret is None:
+            raise Unavailable(f"no provider credential for {target.provider}")
+        return secret
 
     def _choose(self) -> Target:
         attempt = self._request_headers.get(ATTEMPT_HEADER, "1")
@@ -210,6 +233,10 @@ class UpstreamProcessor(Processor):
         self._status = int(headers.get(":status", "0") or 0)
         self._report(outcome_of(self._target.provider, self._status, headers))
         served = {BACKEND_HEADER: f"{self._target.provider}/{self._target.model}"}
+        if self._key is not None:
+            served[BACKEND_HEADER] += f";key={self._key.label}"
+            if self._status == 401:
+                rejected(self._rt, self._key)
         if self._translation is None:
             return replies.response_headers_reply(set_headers=served)
         streamed = headers.get("content-type", "").startswith("text/event-stream")

@@ -143,7 +143,9 @@ def failover_route(*, timeout: str) -> dict[str, Any]:
             "auto_host_rewrite": True,
             "retry_policy": {
                 "retry_on": "connect-failure,refused-stream,reset,5xx,retriable-status-codes",
-                "retriable_status_codes": [429],
+                # 401: the provider refused our key (a pool key, or the provider's own), not
+                # the client; the next backend is tried with its own.
+                "retriable_status_codes": [401, 429],
                 # The sidecar sets x-envoy-max-retries to the route's backends minus one, and
                 # for a stream x-envoy-upstream-rq-per-try-timeout-ms to its first-byte
                 # timeout (Envoy ignores a per-try timeout once response headers went

@@ -1,4 +1,5 @@
-"""Hot reload of the policy directory and the provider credential files, without a restart.
+"""Hot reload of the policy directory, the provider credential files and the key pools'
+files, without a restart.
 
 Both are mounted volumes (a ConfigMap, a Secret) that the kubelet updates by writing a new
 hidden `..<timestamp>` directory and renaming a `..data` symlink over the old one. So a
@@ -26,6 +27,7 @@ from extproc.gate.runtime import CredentialsHolder, SnapshotHolder
 from extproc.policy import PolicySnapshot, load_directories
 from extproc.policy.prices import PriceTable
 from extproc.quota.costing import check_prices
+from extproc.serve.key_files import KeyPoolWatch
 from extproc.telemetry.events import Event, EventBus
 from extproc.telemetry.metrics import Metrics
 
@@ -72,6 +74,7 @@ class Reloader:
         interval_s: float = 1.0,
         prices: PriceTable | None = None,
         clock: Callable[[], float] = time.time,
+        pools: KeyPoolWatch | None = None,
     ) -> None:
         self._policies = policies
         self._policy_dirs = tuple(policy_dirs)
@@ -84,6 +87,7 @@ class Reloader:
         self._events = events
         self._interval_s = interval_s
         self._clock = clock
+        self._pools = pools
         # For the control API: why the policy on disk is not in force ("" when it is), and
         # when the snapshot in force was loaded.
         self.last_error = ""
@@ -122,7 +126,12 @@ class Reloader:
         error reported or cleared. Content rewritten unchanged is not a change."""
         policies_changed = await self._check_policies()
         credentials_changed = await self._check_credentials()
-        return policies_changed or credentials_changed
+        pools_reported = False
+        if self._pools is not None:
+            for problem in await self._pools.check(self._policies.current):
+                self._report("key-pools", f"provider key not usable: {problem}")
+                pools_reported = True
+        return policies_changed or credentials_changed or pools_reported
 
     async def _check_policies(self) -> bool:
         seen = self._fingerprint()

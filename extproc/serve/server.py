@@ -20,6 +20,7 @@ from extproc.errors import ConfigError
 from extproc.gate.runtime import Runtime
 from extproc.gate.service import ExternalProcessor
 from extproc.serve.fleet_status import announce_ready
+from extproc.serve.key_files import KeyPoolWatch
 from extproc.serve.reload import Reloader
 from extproc.serve.settings import ServeSettings
 
@@ -63,6 +64,7 @@ async def serve(
         allow_usd=runtime.prices is not None, prices=runtime.prices,
         credentials=runtime.credentials, credential_sources=settings.credentials,
         metrics=runtime.metrics, events=runtime.events, interval_s=settings.reload_interval_s,
+        pools=KeyPoolWatch(keys=runtime.keys, metrics=runtime.metrics, events=runtime.events),
     )  # fmt: skip
     control = await start_control(
         settings, runtime, lambda: (reloader.last_error, reloader.last_reload_at)

@@ -3,12 +3,15 @@ snapshot, provider keys, token counter, quota store with its failover, metrics, 
 
 from __future__ import annotations
 
+import logging
+
 from extproc.backends.health import HealthStore
 from extproc.backends.memory import MemoryHealth
 from extproc.backends.redis import RedisHealth
 from extproc.gate.credentials import Secret
-from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
-from extproc.policy import load_directories
+from extproc.gate.key_ring import KeyRing
+from extproc.gate.runtime import CredentialsHolder, Current, Limits, Runtime, SnapshotHolder
+from extproc.policy import PolicySnapshot, load_directories
 from extproc.policy.overrides import OverrideBook
 from extproc.policy.prices import load_price_table
 from extproc.providers import tokens
@@ -17,10 +20,13 @@ from extproc.quota.backends.redis import RedisBackend, connect
 from extproc.quota.backends.redis_liveness import Instance
 from extproc.quota.costing import check_prices
 from extproc.quota.failover import FailoverStore
+from extproc.serve.key_files import read_ring
 from extproc.serve.settings import ServeSettings
 from extproc.telemetry.events import EventBus
 from extproc.telemetry.ledger import Ledger
 from extproc.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 def build_runtime(settings: ServeSettings) -> Runtime:
@@ -80,4 +86,14 @@ def build_runtime(settings: ServeSettings) -> Runtime:
         overrides=OverrideBook(client=client),
         ledger=Ledger(client=client),
         health=health,
+        keys=Current(_key_ring(snapshot)),
     )
+
+
+def _key_ring(snapshot: PolicySnapshot) -> KeyRing:
+    """The pools' keys at start; one that cannot be read is reported and left out (the
+    reloader picks it up once its file is fixed), never a reason not to start."""
+    ring, problems = read_ring(snapshot)
+    for problem in problems:
+        log.error("provider key not usable: %s", problem)
+    return ring

@@ -202,6 +202,25 @@ class Metrics:
             ["backend", "transition"],
             registry=r,
         )
+        self.key_expiry = Gauge(
+            "tokengate_provider_key_expiry_seconds",
+            "Provider key pools: seconds until a key's expiry date (0: expired, not used).",
+            ["pool", "key"],
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.key_uses = Counter(
+            "tokengate_provider_key_uses",
+            "Attempts sent with each key of a provider key pool.",
+            ["pool", "key"],
+            registry=r,
+        )
+        self.keys_disabled = Counter(
+            "tokengate_provider_keys_disabled",
+            "Pool keys taken out of rotation after their provider answered 401 (until rotated).",
+            ["pool", "key"],
+            registry=r,
+        )
         self.settlements_queued = Gauge(
             "tokengate_settlements_queued",
             "Settlements waiting for the quota store to come back (replayed, idempotent).",

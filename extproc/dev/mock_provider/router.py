@@ -179,15 +179,17 @@ class Router:
             raise ApiError(script.status, f"mock error {script.status} (x-mock-status)")
 
     def _authorize(self, dialect: Dialect, request: Request) -> None:
-        """With `require_key`: exactly one credential header, the dialect's, with the key."""
-        key = self._require_key
-        if key is None:
+        """With `require_key` (one key, or several separated by commas: a key pool under
+        test): exactly one credential header, the dialect's, with one of the keys."""
+        if self._require_key is None:
             return
         found = [(name, value) for name, value in request.headers if is_credential_header(name)]
         if len(found) == 1 and found[0][0] == dialect.key_header:
             value, prefix = found[0][1], dialect.key_prefix
             scheme_ok = value[: len(prefix)].lower() == prefix.lower()
-            if scheme_ok and hmac.compare_digest(value[len(prefix) :].encode(), key.encode()):
+            sent = value[len(prefix) :].encode()
+            keys = self._require_key.split(",")
+            if scheme_ok and any(hmac.compare_digest(sent, k.encode()) for k in keys):
                 return
         raise ApiError(401, f"invalid API key: send exactly one {dialect.key_header} header")
 
