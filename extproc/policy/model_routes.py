@@ -49,12 +49,18 @@ def model_route_document(
                 f"is matched exactly, so {char!r} is not a wildcard here; write one "
                 f"ModelRoute per model name, got {model!r}",
             )
+    backends = _backends(doc, required(doc, spec, "backends", "spec."))
+    for i, backend in enumerate(backends):
+        if namespace is not None and backend.key_pool is not None:
+            # Pools hold the platform's provider keys, and a team's ConfigMap is checked on
+            # its own (policy sync) where another file's pools cannot be seen.
+            doc.fail(
+                f"spec.backends[{i}].keyPool",
+                "only a cluster-wide ModelRoute (no metadata.namespace, written by the "
+                "platform team) may name a provider key pool",
+            )
     return ModelRoute(
-        name=name,
-        namespace=namespace,
-        model=model,
-        backends=_backends(doc, required(doc, spec, "backends", "spec.")),
-        source=doc.file,
+        name=name, namespace=namespace, model=model, backends=backends, source=doc.file
     )
 
 

@@ -76,6 +76,13 @@ KEY0, KEY1 = "spec.keys[0]", "spec.keys[1]"
 FORMS = "a date (2027-01-31: the key is used until the end of that UTC day) or an RFC 3339"
 
 INVALID_CASES = [
+    Case(
+        "route-key-pool-namespaced.yaml",
+        1,
+        "spec.backends[0].keyPool",
+        "only a cluster-wide ModelRoute (no metadata.namespace, written by the platform team) "
+        "may name a provider key pool",
+    ),
     Case("spec-unknown-field.yaml", 1, "spec.key", "did you mean 'keys'?"),
     Case(
         "metadata-namespace.yaml",
