@@ -1,50 +1,38 @@
 """A request to a governed endpoint (a POST that generates): its body is parsed and its prompt
 counted, its estimated cost reserved against every limit of the caller, and its answer —
-plain or streamed — counted and settled (`answers.py`)."""
+plain or streamed — counted and settled (`answers.py`). A model route's steps (which
+backends, which key, how the body goes on, who served) are `routed.RoutedRequest`'s."""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import time
 from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc._json import decode_object
-from extproc.backends.health import Outcome
 from extproc.errors import (
     BadGateway,
     BadRequest,
     ClientError,
     PayloadTooLarge,
-    QuotaStoreError,
-    Unavailable,
     UnsupportedMediaType,
 )
 from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
 from extproc.gate.answers import PlainAnswer, StreamedAnswer
-from extproc.gate.attempts import outcome_of, rejected, report
-from extproc.gate.credentials import without_credential_query
 from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
-from extproc.gate.failover import BACKEND_HEADER, MAX_RETRIES_HEADER, PER_TRY_TIMEOUT_HEADER
-from extproc.gate.key_ring import RingKey
-from extproc.gate.processor import UPSTREAM_HEADER, Processor, header_map, succeeded
-from extproc.gate.routing import RoutePlan, backend_id, healthy, plan, served_by
+from extproc.gate.processor import Processor, header_map, succeeded
+from extproc.gate.routed import RoutedRequest
 from extproc.gate.runtime import Runtime
-from extproc.policy.model import Backend
 from extproc.providers import ParsedRequest
 from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
 from extproc.quota import Reservation
 from extproc.quota.clamp import at_minimum, fit_within, per_choice, room_after
 from extproc.quota.costing import Costing
 
-log = logging.getLogger(__name__)
-
 MAX_CLAMP_TRIES = 4  # a refusal per token/dollar limit at most; then the 429 stands
-ROUTABLE = ("chat.completions", "messages")  # endpoints a ModelRoute can serve elsewhere
 
 
 class GovernedProcessor(Processor):
@@ -64,9 +52,7 @@ class GovernedProcessor(Processor):
         self._reservation: Reservation | None = None
         self._answer: PlainAnswer | StreamedAnswer | None = None
         self._cap: int | None = None  # the completion cap the budget allows (clamping on)
-        self._plan: RoutePlan | None = None  # a ModelRoute serves this model
-        self._unreported: Backend | None = None  # an alias's backend, until it answers
-        self._key: RingKey | None = None  # an alias's pool key
+        self._route = RoutedRequest(runtime=runtime, provider=endpoint.provider)
 
     @property
     def model(self) -> str:
@@ -106,62 +92,14 @@ class GovernedProcessor(Processor):
         cap = self._cap_to_write(admission.request)
         if cap is not None:
             self._headers["x-tokengate-max-tokens"] = str(cap)
-        direct = self._direct_backend()
-        if direct is not None:
-            self._unreported = direct
-            return self._direct(direct, admission.request, cap)
+        if self._route.plan is not None:
+            return self._route.body_reply(
+                admission, cap, request_headers=self._request_headers, answer_headers=self._headers
+            )
         rewritten = admission.request.body_with(cap)
-        if self._plan is not None:
-            return self._routed(self._plan, rewritten)
         if rewritten is not None:
             return replies.request_body_reply(rewritten)
         return replies.REQUEST_BODY_CONTINUE
-
-    def _direct(
-        self, backend: Backend, parsed: ParsedRequest, cap: int | None
-    ) -> ep.ProcessingResponse:
-        """One backend speaking the client's API (an alias, or a fallback left alone): no
-        failover cluster and no upstream phase, only the model rewritten here (measured:
-        the upstream phase costs ~1 ms of gateway CPU per request; README)."""
-        self._headers[BACKEND_HEADER] = backend_id(backend)
-        renamed = dataclasses.replace(parsed, rewrites={**parsed.rewrites, "model": backend.model})
-        body = renamed.body_with(cap)
-        assert body is not None, "the model is always rewritten"
-        key = self._key
-        if key is None:
-            return replies.request_body_reply(body)
-        self._rt.metrics.key_uses.labels(key.pool, key.name).inc()
-        self._headers[BACKEND_HEADER] += f";key={key.label}"
-        credential = {self._key_header: self._provider.credential_value(key.secret.reveal())}
-        return replies.request_body_reply(body, set_headers=credential)
-
-    def _pool_key(self, backend: Backend | None) -> RingKey | None:
-        """An alias's pool key, chosen before anything is sent; none usable is a 503."""
-        if backend is None or not backend.key_pool:
-            return None
-        chooser, ring = self._rt.key_chooser, self._rt.keys.current
-        key = chooser.choose(ring, backend.key_pool, now=time.time())
-        if key is None:
-            raise Unavailable(f"No usable key in provider key pool {backend.key_pool}.")
-        return key
-
-    def _routed(self, route: RoutePlan, body: bytes | None) -> ep.ProcessingResponse:
-        """Envoy's failover cluster for the route's backends; each attempt's upstream phase
-        sets its own credential, so the path provider's key set earlier goes."""
-        assert self._admission is not None
-        headers = {UPSTREAM_HEADER: route.cluster, MAX_RETRIES_HEADER: str(route.max_retries)}
-        if self._admission.request.stream:  # see envoy_failover.failover_route
-            timeout_ms = round(self._rt.limits.first_byte_timeout_s * 1000)
-            headers[PER_TRY_TIMEOUT_HEADER] = str(timeout_ms)
-        metadata = route.metadata(
-            client=self._provider.name,
-            path=_path_without_credentials(self._request_headers.get(":path", "/")),
-            stream=self._admission.request.stream,
-            headers=self._request_headers,
-        )
-        return replies.routed_body_reply(
-            body, set_headers=headers, remove=(self._key_header,), metadata=metadata
-        )
 
     async def _admit(self, tenant: Tenant, msg: ep.HttpBody) -> Admission:
         if not msg.end_of_stream or len(msg.body) > self._rt.limits.max_body_bytes:
@@ -174,7 +112,7 @@ class GovernedProcessor(Processor):
         self._model = parsed.model
         check_model(tenant, parsed.model)
         prompt = await self._count_prompt(parsed)
-        chain = self._route_plan(tenant, parsed, prompt)
+        chain = self._route.chain(tenant, parsed, prompt, endpoint=self._endpoint.name)
         costing = (
             chain.costing
             if chain is not None
@@ -185,8 +123,7 @@ class GovernedProcessor(Processor):
             # Only a request its caller may send claims a backend's headroom or probe slot,
             # for the tokens it was let through with (the cap, not what it asked).
             try:
-                self._plan = await self._healthy(chain, tokens=reservation.cost.tokens)
-                self._key = self._pool_key(self._direct_backend())
+                await self._route.claim(chain, tokens=reservation.cost.tokens)
             except ClientError:
                 await self._rt.store.release(reservation)
                 raise
@@ -195,38 +132,6 @@ class GovernedProcessor(Processor):
             prompt_tokens=prompt,
             reservation=reservation, admitted_at=time.perf_counter(),
         )  # fmt: skip
-
-    def _route_plan(self, tenant: Tenant, parsed: ParsedRequest, prompt: int) -> RoutePlan | None:
-        if self._endpoint.name not in ROUTABLE:
-            return None
-        route = self._rt.policies.current.model_route(tenant.namespace, parsed.model)
-        if route is None:
-            return None
-        completion = expected_completion(
-            tenant.policy, asked=parsed.max_output_tokens, stream=False
-        )
-        return plan(
-            route, client=self._provider.name, body=parsed.body,
-            allows_model=tenant.policy.allows_model, prices=self._rt.prices,
-            limits=tenant.limits, estimate=(prompt, completion),
-        )  # fmt: skip
-
-    async def _healthy(self, chain: RoutePlan, *, tokens: int) -> RoutePlan:
-        """Skip backends whose breaker is open or whose provider limit is reached; with the
-        health store unreachable (it lives in the quota store), every backend is tried and
-        Envoy still fails over."""
-        ids = [backend_id(b) for b in chain.backends]
-        if not self._rt.store.up:  # the shared store is known down: no 250 ms wait to learn it
-            return chain
-        try:
-            verdicts = await self._rt.health.admit(ids, tokens=tokens)
-        except QuotaStoreError as exc:
-            log.warning("backend health unavailable, trying every backend: %s", exc)
-            return chain
-        for backend, verdict in zip(ids, verdicts, strict=True):
-            if not verdict.usable:
-                self._rt.metrics.backend_skipped.labels(backend, verdict.verdict.value).inc()
-        return healthy(chain, verdicts)
 
     async def _reserve_answer(
         self, tenant: Tenant, parsed: ParsedRequest, costing: Costing, prompt: int
@@ -286,13 +191,7 @@ class GovernedProcessor(Processor):
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         headers = header_map(msg)
-        if self._direct_backend() is not None:
-            backend, self._unreported = self._unreported, None
-            assert backend is not None
-            status = int(headers.get(":status", "0") or 0)
-            report(self._rt, backend_id(backend), outcome_of(backend.provider, status, headers))
-            if status == 401 and self._key is not None:
-                rejected(self._rt, self._key)
+        self._route.answered(headers)
         if not succeeded(headers):
             self.outcome = "upstream_error"
             reservation, self._reservation = self._reservation, None
@@ -308,8 +207,9 @@ class GovernedProcessor(Processor):
         if self._admission is None:
             return replies.response_headers_reply(set_headers=self._headers)
         self._reservation = None  # the answer settles it from now on
-        if self._plan is not None:
-            self._admission = self._served(self._admission, headers)
+        if self._route.plan is not None:
+            self._admission = self._route.served(self._admission, headers)
+            self._model = self._admission.request.model
         try:
             decoder = decoder_for(
                 headers.get("content-encoding", ""), max_out=4 * self._rt.limits.max_body_bytes
@@ -327,22 +227,6 @@ class GovernedProcessor(Processor):
         remove = ("content-encoding", "content-length") if decoder is not None else ()
         return replies.response_headers_reply(set_headers=self._headers, remove=remove)
 
-    def _served(self, admission: Admission, headers: Mapping[str, str]) -> Admission:
-        """A routed answer is charged, priced and labelled as the backend that served it."""
-        assert self._plan is not None
-        if self._plan.direct(self._provider.name):
-            only = self._plan.backends[0]
-            served: tuple[str, str] | None = (only.provider, only.model)
-        else:
-            served = served_by(headers)
-        if served is None:
-            return admission
-        provider, model = served
-        self._model = model
-        costing = Costing.for_request(self._rt.prices, admission.tenant.limits, model)
-        request = dataclasses.replace(admission.request, model=model)
-        return dataclasses.replace(admission, provider=provider, costing=costing, request=request)
-
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         if self._answer is None:
             return replies.RESPONSE_BODY_CONTINUE
@@ -356,18 +240,10 @@ class GovernedProcessor(Processor):
     @property
     def holds(self) -> bool:
         answer_holds = self._answer is not None and self._answer.holds
-        return self._reservation is not None or answer_holds or self._unreported is not None
-
-    def _direct_backend(self) -> Backend | None:
-        """The one backend an alias route sends to directly (no upstream phase reports)."""
-        if self._plan is None or not self._plan.direct(self._provider.name):
-            return None
-        return self._plan.backends[0]
+        return self._reservation is not None or answer_holds or self._route.holds
 
     async def settle_at_end(self) -> None:
-        if self._unreported is not None:  # sent, never answered: frees a probe slot it held
-            report(self._rt, backend_id(self._unreported), Outcome(ok=None), answered=False)
-            self._unreported = None
+        self._route.finish()
         reservation, self._reservation = self._reservation, None
         if reservation is not None:  # admitted, no answer yet: charged as reserved
             await self._rt.store.settle(reservation, reservation.cost)
@@ -377,8 +253,3 @@ class GovernedProcessor(Processor):
 
 def _is_stream(response_headers: Mapping[str, str]) -> bool:
     return response_headers.get("content-type", "").startswith("text/event-stream")
-
-
-def _path_without_credentials(path: str) -> str:
-    """The path every attempt sends: a client's `?api_key=` never reaches a provider."""
-    return without_credential_query(path) or path
