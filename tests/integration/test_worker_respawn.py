@@ -200,11 +200,16 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
             thread.join(30)
     assert respawn_s < RESPAWN_TARGET_S, f"respawned in {respawn_s:.2f} s"
     for client in clients:
-        failures = [ok for _, ok in client.outcomes].count(False)
-        # The survivor's connections never noticed; the victim's lost one request in flight.
-        assert failures == 0 if client.owner != victim else failures <= 1, _failures(
-            client, victim, killed_at
-        )
+        failed_at = [at - killed_at for at, ok in client.outcomes if not ok]
+        # The survivor's connections never noticed. The victim's lost the request in flight
+        # and, at most, the one its channel sent on reconnecting while the dead worker's
+        # SO_REUSEPORT listener was still being torn down (seen in CI: failures at 9 and
+        # 12 ms, once in ~10 runs): both at the kill, never later.
+        if client.owner != victim:
+            assert not failed_at, _failures(client, victim, killed_at)
+        else:
+            assert len(failed_at) <= 2, _failures(client, victim, killed_at)
+            assert all(at < 0.5 for at in failed_at), _failures(client, victim, killed_at)
     (newcomer,) = sidecar.workers() - workers
     channel, _ = _connect_to(port, sidecar.workers(), owner=newcomer)
     assert _whole_request(channel), "the respawned worker does not answer"
