@@ -27,10 +27,11 @@ class RingKey:
     secret: Secret
     expires_at: float | None  # unix seconds; None: never
     warn_before_s: float
+    # Hashed once when the key is read, not on every choice (each request filters by it).
+    fingerprint: str = field(init=False)
 
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.secret)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", fingerprint(self.secret))
 
     @property
     def label(self) -> str:

@@ -39,13 +39,13 @@ from extproc.gate.failover import (
 )
 from extproc.gate.key_ring import RingKey
 from extproc.gate.processor import Processor, header_map, succeeded
+from extproc.gate.routing import ANTHROPIC_CLIENT_HEADERS
 from extproc.gate.runtime import Runtime
 from extproc.providers.translate import StreamTranslator, Translation
 from extproc.providers.translate.registry import translation_for
 
 _Mode = processing_mode_pb2.ProcessingMode
 ANTHROPIC_VERSION = "2023-06-01"  # when an OpenAI client is served by Anthropic
-_ANTHROPIC_ONLY = ("anthropic-version", "anthropic-beta")
 _EXT_PROC = "envoy.filters.http.ext_proc"
 # The upstream filter's configured mode (envoy_failover.upstream_filters), restated because
 # a header reply must carry one; answers are read only when they must be translated.
@@ -174,7 +174,7 @@ class UpstreamProcessor(Processor):
             else:
                 remove.append("anthropic-beta")
         else:
-            remove += _ANTHROPIC_ONLY
+            remove += ANTHROPIC_CLIENT_HEADERS
         return replies.request_headers_reply(
             set_headers=headers, remove=remove, mode=self.mode, clear_route_cache=False
         )
@@ -225,7 +225,7 @@ class UpstreamProcessor(Processor):
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
             self._include_usage = True
-        return _with_length(replies.request_body_reply(_dumps(sent)), "request_body")
+        return replies.sized_body_reply("request_body", _dumps(sent))
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         assert self._target is not None
@@ -261,12 +261,10 @@ class UpstreamProcessor(Processor):
                 answer = _dumps(translation.answer(decode_object(msg.body)))
             except BadRequest:  # not JSON: the governed stream reports what it cannot read
                 return replies.RESPONSE_BODY_CONTINUE
-            return _with_length(replies.response_body_reply(answer), "response_body")
+            return replies.sized_body_reply("response_body", answer)
         status, body = translation.error(self._status, msg.body)
-        reply = _with_length(replies.response_body_reply(body), "response_body")
-        if status != self._status:
-            _set(reply.response_body.response.header_mutation, ":status", str(status))
-        return reply
+        changed = {":status": str(status)} if status != self._status else {}
+        return replies.sized_body_reply("response_body", body, set_headers=changed)
 
     def _report(self, outcome: Outcome) -> None:
         assert self._target is not None
@@ -293,23 +291,3 @@ class UpstreamProcessor(Processor):
 
 def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _with_length(reply: ep.ProcessingResponse, phase: str) -> ep.ProcessingResponse:
-    """Buffered bodies: the headers are still held, so the new length goes with the body
-    (an upstream request needs one; measured, Envoy 1.40 takes it here)."""
-    common = getattr(reply, phase).response
-    mutation = common.header_mutation
-    del mutation.remove_headers[:]
-    size = len(common.body_mutation.body)
-    _set(mutation, "content-length", str(size))
-    return reply
-
-
-def _set(mutation: ep.HeaderMutation, key: str, value: str) -> None:
-    mutation.set_headers.append(
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
-    )

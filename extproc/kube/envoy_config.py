@@ -21,6 +21,7 @@ from extproc.errors import ConfigError
 from extproc.gate.identity import JWT_METADATA_NAMESPACE, JWT_PAYLOAD_KEY, JWT_SHAPE
 from extproc.kube import envoy_failover
 from extproc.kube.envoy_replies import local_reply_mappers
+from extproc.policy.routes import PROVIDERS
 
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -199,7 +200,7 @@ def _add_failover(config: dict[str, Any]) -> None:
     failover clusters join them, and their route goes before the catch-all."""
     resources = config["static_resources"]
     for cluster in resources["clusters"]:
-        if cluster["name"] in envoy_failover.PROVIDERS:
+        if cluster["name"] in PROVIDERS:
             for group in cluster["load_assignment"]["endpoints"]:
                 for endpoint in group["lb_endpoints"]:
                     endpoint["metadata"] = envoy_failover.provider_endpoint_metadata(

@@ -42,8 +42,8 @@ from extproc.gate.failover import (
     ROUTE_METADATA_NAMESPACE,
     cluster_name,
 )
+from extproc.policy.routes import PROVIDERS
 
-PROVIDERS = ("openai", "anthropic")
 MAX_RETRIES_IN_FLIGHT = 100_000
 
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
