@@ -19,6 +19,7 @@ from typing import Any
 
 from extproc.errors import PermissionDenied
 from extproc.gate.identity import Caller, identify, service_account_from
+from extproc.gate.key_ring import RingKey
 from extproc.policy.model import PolicySnapshot, QuotaPolicy
 from extproc.policy.overrides import OverrideBook
 from extproc.providers import ParsedRequest
@@ -52,6 +53,7 @@ class Admission:
     prompt_tokens: int
     reservation: Reservation  # as granted at admission (a stream's budget grows its own)
     admitted_at: float  # perf_counter() when the store said yes
+    key: RingKey | None = None  # the pool key that served it (its budget is charged too)
 
     @property
     def model(self) -> str:

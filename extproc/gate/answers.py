@@ -16,7 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc._json import decode_object
 from extproc.errors import BadGateway, ClientError
-from extproc.gate import replies
+from extproc.gate import key_budgets, replies
 from extproc.gate.admission import Admission
 from extproc.gate.budget import Cut, StreamBudget
 from extproc.gate.encoding import Decoder
@@ -41,6 +41,7 @@ async def settle(
         usage.cache_write_tokens,
     )  # fmt: skip
     await rt.store.settle(reservation, actual)
+    key_budgets.charge_later(rt, admission.key, reservation.request_id, actual)
     caller = admission.tenant.caller
     rt.ledger.record(caller.namespace, caller.key_name, actual)
     rt.metrics.record_settlement(
@@ -51,6 +52,13 @@ async def settle(
             reserved_completion=admission.reservation.cost.tokens - admission.prompt_tokens,
         )
     )  # fmt: skip
+
+
+async def settle_reserved(rt: Runtime, admission: Admission, reservation: Reservation) -> None:
+    """No usage to read (the client left, an unreadable answer): charged as reserved, as is
+    the key that served it (the provider may have billed the work)."""
+    await rt.store.settle(reservation, reservation.cost)
+    key_budgets.charge_later(rt, admission.key, reservation.request_id, reservation.cost)
 
 
 def billable(usage: Usage | None) -> Usage | None:
@@ -147,7 +155,7 @@ class PlainAnswer(_Answer):
             return
         usage = billable(self._provider.parse_usage(_loads_or_empty(body)) if body else None)
         if usage is None:
-            await self._rt.store.settle(reservation, reservation.cost)
+            await settle_reserved(self._rt, self._admission, reservation)
         else:
             await settle(self._rt, self._admission, reservation, usage, source="provider")
 
@@ -155,7 +163,7 @@ class PlainAnswer(_Answer):
         """Ended before its last byte (the client left): charged its reservation."""
         reservation, self._reservation = self._reservation, None
         if reservation is not None:
-            await self._rt.store.settle(reservation, reservation.cost)
+            await settle_reserved(self._rt, self._admission, reservation)
 
 
 class StreamedAnswer(_Answer):

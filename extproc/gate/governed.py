@@ -20,7 +20,7 @@ from extproc.errors import (
 )
 from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
-from extproc.gate.answers import PlainAnswer, StreamedAnswer
+from extproc.gate.answers import PlainAnswer, StreamedAnswer, settle_reserved
 from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
 from extproc.gate.processor import Processor, header_map, succeeded
@@ -215,9 +215,7 @@ class GovernedProcessor(Processor):
                 headers.get("content-encoding", ""), max_out=4 * self._rt.limits.max_body_bytes
             )
         except BadGateway as error:  # unreadable: nothing reaches the client, all is charged
-            await self._rt.store.settle(
-                self._admission.reservation, self._admission.reservation.cost
-            )
+            await settle_reserved(self._rt, self._admission, self._admission.reservation)
             return self.refuse(error)
         kind = StreamedAnswer if _is_stream(headers) else PlainAnswer
         self._answer = kind(

@@ -25,7 +25,15 @@ from extproc.gate.credentials import without_credential_query
 from extproc.gate.failover import BACKEND_HEADER, MAX_RETRIES_HEADER, PER_TRY_TIMEOUT_HEADER
 from extproc.gate.key_ring import RingKey
 from extproc.gate.processor import UPSTREAM_HEADER
-from extproc.gate.routing import RoutePlan, backend_id, healthy, plan, served_by
+from extproc.gate.routing import (
+    RoutePlan,
+    backend_id,
+    healthy,
+    plan,
+    served_by,
+    served_key,
+    with_keys,
+)
 from extproc.gate.runtime import Runtime
 from extproc.policy.model import Backend
 from extproc.providers import ParsedRequest, Provider
@@ -63,9 +71,11 @@ class RoutedRequest:
         )  # fmt: skip
 
     async def claim(self, chain: RoutePlan, *, tokens: int) -> None:
-        """Once the caller's own quota admitted it: the backends health lets it use (the
-        first one claimed) and an alias's pool key. Raises the `ClientError` to refuse
-        with when none is left."""
+        """Once the caller's own quota admitted it: the backends with a usable pool key
+        (when they name a pool) that health lets it use (the first one claimed), and an
+        alias's pool key. Raises the `ClientError` to refuse with when none is left."""
+        ring, chooser, now = self._rt.keys.current, self._rt.key_chooser, time.time()
+        chain = with_keys(chain, lambda pool: chooser.has_usable(ring, pool, now=now))
         self.plan = await self._healthy(chain, tokens=tokens)
         self._key = self._pool_key(self.direct_backend)
 
@@ -93,7 +103,10 @@ class RoutedRequest:
         chooser, ring = self._rt.key_chooser, self._rt.keys.current
         key = chooser.choose(ring, backend.key_pool, now=time.time())
         if key is None:
-            raise Unavailable(f"No usable key in provider key pool {backend.key_pool}.")
+            raise Unavailable(
+                f"No usable key in provider key pool {backend.key_pool} (expired, refused by "
+                "the provider, or its budget used up)."
+            )
         return key
 
     @property
@@ -182,7 +195,18 @@ class RoutedRequest:
         provider, model = found
         costing = Costing.for_request(self._rt.prices, admission.tenant.limits, model)
         request = dataclasses.replace(admission.request, model=model)
-        return dataclasses.replace(admission, provider=provider, costing=costing, request=request)
+        key = self._key if only is not None else self._ring_key(served_key(headers))
+        return dataclasses.replace(
+            admission, provider=provider, costing=costing, request=request, key=key
+        )
+
+    def _ring_key(self, label: str | None) -> RingKey | None:
+        """The pool key an attempt named, as the ring holds it now (a key removed from its
+        pool meanwhile has no budget left to charge)."""
+        if label is None:
+            return None
+        pool, _, name = label.partition("/")
+        return next((k for k in self._rt.keys.current.pools.get(pool, ()) if k.name == name), None)
 
     @property
     def holds(self) -> bool:

@@ -11,14 +11,14 @@ charged for a model without a price, or when its API cannot express the request 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
 
 from extproc.backends.health import Admit, Verdict
-from extproc.errors import BackendsDown, ClientError, PermissionDenied
+from extproc.errors import BackendsDown, ClientError, PermissionDenied, Unavailable
 from extproc.gate.failover import BACKEND_HEADER, ROUTE_METADATA_NAMESPACE, cluster_name
 from extproc.policy.model import Backend, ModelRoute
 from extproc.policy.prices import PriceTable
@@ -158,9 +158,33 @@ def healthy(route: RoutePlan, verdicts: Sequence[Admit]) -> RoutePlan:
     )
 
 
+def with_keys(route: RoutePlan, has_key: Callable[[str], bool]) -> RoutePlan:
+    """The chain without backends whose key pool has no usable key left (all expired,
+    refused or out of budget): skipped before sending, as an open breaker is, because an
+    attempt's upstream phase cannot pass its turn on (Envoy does not retry a reply it
+    makes itself). None left: 503."""
+    kept = tuple(b for b in route.backends if not b.key_pool or has_key(b.key_pool))
+    if kept:
+        return (
+            route if len(kept) == len(route.backends) else dataclasses.replace(route, backends=kept)
+        )
+    pools = ", ".join(sorted({b.key_pool for b in route.backends if b.key_pool}))
+    raise Unavailable(
+        f"No usable key in provider key pool {pools} (expired, refused by the provider, or "
+        "its budget used up)."
+    )
+
+
 def served_by(response_headers: Mapping[str, str]) -> tuple[str, str] | None:
     """(provider, model) from the upstream phase's answer header, if it set one."""
     provider, slash, model = response_headers.get(BACKEND_HEADER, "").partition("/")
     if not slash or not provider or not model:
         return None
     return provider, model.split(";", 1)[0].strip()
+
+
+def served_key(response_headers: Mapping[str, str]) -> str | None:
+    """The pool key's label (`pool/name`) from the same header, if the attempt carried one."""
+    _, _, rest = response_headers.get(BACKEND_HEADER, "").partition(";")
+    name, equals, label = rest.partition("=")
+    return label.strip() if equals and name.strip() == "key" and label.strip() else None

@@ -186,7 +186,10 @@ class UpstreamProcessor(Processor):
                 self._rt.keys.current, target.key_pool, now=time.time()
             )
             if key is None:
-                raise Unavailable(f"no usable key in provider key pool {target.key_pool}")
+                raise Unavailable(
+                    f"No usable key in provider key pool {target.key_pool} (expired, refused "
+                    "by the provider, or its budget used up)."
+                )
             self._key = key
             self._rt.metrics.key_uses.labels(key.pool, key.name).inc()
             return key.secret

@@ -38,16 +38,18 @@ class Doc:
         raise PolicyError(file=self.file, document=self.index, field=field, problem=problem)
 
 
-def limit_list(doc: Doc, value: object, *, allow_usd: bool) -> tuple[Limit, ...]:
-    """Limit names are unique per document because they name the counters and the 429s."""
+def limit_list(
+    doc: Doc, value: object, *, allow_usd: bool, field: str = "spec.limits"
+) -> tuple[Limit, ...]:
+    """Limit names are unique per list because they name the counters and the 429s."""
     limits: list[Limit] = []
     seen: dict[str, int] = {}
-    for i, item in enumerate(list_(doc, value, "spec.limits")):
-        limit = parse_limit(doc, item, f"spec.limits[{i}]", allow_usd=allow_usd)
+    for i, item in enumerate(list_(doc, value, field)):
+        limit = parse_limit(doc, item, f"{field}[{i}]", allow_usd=allow_usd)
         if limit.name in seen:
             doc.fail(
-                f"spec.limits[{i}].name",
-                f"duplicate limit name {limit.name!r} (also spec.limits[{seen[limit.name]}])",
+                f"{field}[{i}].name",
+                f"duplicate limit name {limit.name!r} (also {field}[{seen[limit.name]}])",
             )
         seen[limit.name] = i
         limits.append(limit)

@@ -24,19 +24,20 @@ from extproc.policy._fields import (
     check_fields,
     dns_label,
     duration_s,
+    limit_list,
     list_,
     mapping,
     required,
     show,
 )
-from extproc.policy.model import DEFAULT_WARN_BEFORE_S, Backend, KeyPool, PoolKey
+from extproc.policy.model import DEFAULT_WARN_BEFORE_S, Backend, KeyPool, Limit, Measure, PoolKey
 from extproc.policy.routes import PROVIDERS
 
 MAX_KEYS = 50
 PATH_MAX = 4096  # Linux PATH_MAX, terminating NUL included
 DAY_S = 86400
 _FIELDS = ("provider", "keys", "warnBefore")
-_KEY_FIELDS = ("name", "file", "expires")
+_KEY_FIELDS = ("name", "file", "expires", "limits")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
 _TIMESTAMP = re.compile(_TIME + r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
@@ -47,7 +48,9 @@ EXPIRES_FORMS = (
 )
 
 
-def key_pool_document(doc: Doc, spec: Mapping[str, object], *, name: str) -> KeyPool:
+def key_pool_document(
+    doc: Doc, spec: Mapping[str, object], *, name: str, allow_usd: bool = False
+) -> KeyPool:
     check_fields(doc, spec, _FIELDS, "spec.")
     provider = required(doc, spec, "provider", "spec.")
     if not isinstance(provider, str) or provider not in PROVIDERS:
@@ -58,7 +61,7 @@ def key_pool_document(doc: Doc, spec: Mapping[str, object], *, name: str) -> Key
     return KeyPool(
         name=name,
         provider=provider,
-        keys=_keys(doc, required(doc, spec, "keys", "spec.")),
+        keys=_keys(doc, required(doc, spec, "keys", "spec."), allow_usd=allow_usd),
         warn_before_s=float(warn_before),
         source=doc.file,
     )
@@ -138,7 +141,7 @@ def _missing(name: str, known: Sequence[str]) -> str:
     return f"no ProviderKeyPool named {name!r} is defined (defined: {', '.join(known)}){suggestion}"
 
 
-def _keys(doc: Doc, value: object) -> tuple[PoolKey, ...]:
+def _keys(doc: Doc, value: object, *, allow_usd: bool) -> tuple[PoolKey, ...]:
     items = list_(doc, value, "spec.keys")
     if not items:
         doc.fail("spec.keys", "must name at least one key")
@@ -148,7 +151,7 @@ def _keys(doc: Doc, value: object) -> tuple[PoolKey, ...]:
     names: dict[str, int] = {}
     files: dict[Path, int] = {}
     for i, item in enumerate(items):
-        key = _key(doc, item, f"spec.keys[{i}]")
+        key = _key(doc, item, f"spec.keys[{i}]", allow_usd=allow_usd)
         if key.name in names:
             doc.fail(
                 f"spec.keys[{i}].name",
@@ -166,7 +169,7 @@ def _keys(doc: Doc, value: object) -> tuple[PoolKey, ...]:
     return tuple(keys)
 
 
-def _key(doc: Doc, value: object, field: str) -> PoolKey:
+def _key(doc: Doc, value: object, field: str, *, allow_usd: bool) -> PoolKey:
     item = mapping(doc, value, field)
     check_fields(doc, item, _KEY_FIELDS, f"{field}.")
     name = dns_label(doc, required(doc, item, "name", f"{field}."), f"{field}.name")
@@ -176,4 +179,19 @@ def _key(doc: Doc, value: object, field: str) -> PoolKey:
         name=name,
         file=path,
         expires_at=None if expires is None else expires_at(doc, expires, f"{field}.expires"),
+        limits=_budget(doc, item.get("limits", []), f"{field}.limits", allow_usd=allow_usd),
     )
+
+
+def _budget(doc: Doc, value: object, field: str, *, allow_usd: bool) -> tuple[Limit, ...]:
+    """A key's budget counts what it served (charged when each answer settles, whichever
+    namespace sent it); requests in flight are a capacity, not a key's budget."""
+    limits = limit_list(doc, value, allow_usd=allow_usd, field=field)
+    for i, limit in enumerate(limits):
+        if limit.measure is Measure.CONCURRENT:
+            doc.fail(
+                f"{field}[{i}].concurrent",
+                "a key's budget counts what it served over a window (requests, tokens or "
+                "usd per period); concurrency is not a key budget",
+            )
+    return limits

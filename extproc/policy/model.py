@@ -181,11 +181,14 @@ class PoolKey:
     """One provider key of a pool: its name (for logs and metrics; never the key) and the
     file that holds it (read at run time, never by the loader). `expires_at` is the unix
     time from which the key is no longer used (a date written in the policy is used until
-    the end of that UTC day); None: it does not expire."""
+    the end of that UTC day); None: it does not expire. `limits`: the key's own budget
+    (windowed requests, tokens or dollars it may serve), counted fleet-wide for the key
+    whichever namespace it served."""
 
     name: str
     file: Path
     expires_at: float | None = None
+    limits: tuple[Limit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

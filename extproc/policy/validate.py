@@ -87,7 +87,7 @@ def validate_document(
                 "which every namespace shares); remove metadata.namespace",
             )
         name, _ = _metadata(doc, meta, namespace_required=False)
-        return key_pool_document(doc, spec, name=name)
+        return key_pool_document(doc, spec, name=name, allow_usd=allow_usd)
     name, namespace = _metadata(doc, meta, namespace_required=True)
     assert namespace is not None
     if kind == "QuotaPolicy":

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from extproc.gate.credentials import Secret
-from extproc.gate.key_ring import KeyRing, RingKey
+from extproc.gate.key_ring import KeyRing, RingKey, budget_scope
 from extproc.gate.runtime import Current
 from extproc.policy import PolicySnapshot
+from extproc.quota.windows import ScopedLimit
 from extproc.telemetry.events import Event, EventBus
 from extproc.telemetry.metrics import Metrics
 
@@ -37,10 +38,12 @@ def read_ring(snapshot: PolicySnapshot) -> tuple[KeyRing, list[str]]:
             if not value:
                 problems.append(f"key {pool.name}/{key.name}: {key.file} is empty")
                 continue
+            scope = budget_scope(pool.name, key.name)
             keys.append(
                 RingKey(
                     pool=pool.name, name=key.name, secret=Secret(value),
                     expires_at=key.expires_at, warn_before_s=pool.warn_before_s,
+                    budget=tuple(ScopedLimit(scope, limit) for limit in key.limits),
                 )
             )  # fmt: skip
         pools[pool.name] = tuple(keys)

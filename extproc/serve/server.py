@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 
 from extproc.control.server import start_control
 from extproc.errors import ConfigError
+from extproc.gate import key_budgets
 from extproc.gate.runtime import Runtime
 from extproc.gate.service import ExternalProcessor
 from extproc.serve.fleet_status import announce_ready
@@ -118,11 +119,12 @@ def health_server(settings: ServeSettings, servicer: Any) -> tuple[Any, int] | N
 
 async def _upkeep(runtime: Runtime, reloader: Reloader, interval_s: float) -> None:
     """Every interval: changed policies and key files in (hot reload), the fleet's overrides
-    in, this sidecar's spending out."""
+    and pool keys' budgets in, this sidecar's spending out."""
     while True:
         try:
             await reloader.check()
             await runtime.overrides.refresh()
+            await key_budgets.refresh(runtime)
             await runtime.ledger.flush()
         except Exception:  # upkeep must outlive a bug in one round; logged with its trace
             log.exception("upkeep failed; retrying next interval")

@@ -19,7 +19,7 @@ SUBSCRIBER_QUEUE = 1000
 class Event:
     kind: str  # refusal | cut | store_down | store_up | reload | reload_error | override | reset
     #            | backend_opened | backend_reopened | backend_closed (model routes)
-    #            | key_expiring | key_disabled (provider key pools)
+    #            | key_expiring | key_disabled | key_budget_spent (provider key pools)
     message: str
     namespace: str = ""
     key: str = ""

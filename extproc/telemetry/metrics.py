@@ -221,6 +221,21 @@ class Metrics:
             ["pool", "key"],
             registry=r,
         )
+        self.key_budget_spent = Gauge(
+            "tokengate_provider_key_budget_spent",
+            "1 while a pool key's own budget is used up (it is skipped until its window "
+            "resets), 0 otherwise; keys with a budget only.",
+            ["pool", "key"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.key_budget_charged = Counter(
+            "tokengate_provider_key_budget_charged_usd_micros",
+            "What answers served with a budgeted pool key were charged to its budget "
+            "(micro-dollars; 0 without a price table).",
+            ["pool", "key"],
+            registry=r,
+        )
         self.settlements_queued = Gauge(
             "tokengate_settlements_queued",
             "Settlements waiting for the quota store to come back (replayed, idempotent).",

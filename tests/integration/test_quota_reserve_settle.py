@@ -304,3 +304,26 @@ def test_settle_corrects_a_limit_that_reserved_nothing(
         assert await counters(backend, [tpm]) == {"tpm": 20}
 
     backend_factory.run(FakeClock(T0 + 1), scenario)
+
+
+def test_a_zero_reserve_never_refuses_and_its_settle_charges_past_the_limit(
+    backend_factory: BackendFactory,
+) -> None:
+    """How a pool key's budget is charged (gate/key_budgets.py): after the answer, whatever
+    the counter says, so a key over its budget is counted, never refused after the fact."""
+    clock = FakeClock(T0 + 10)
+    pool = Scope(namespace="pool:openai-main", key_name="secondary")
+    budget = [
+        lim("daily", Measure.TOKENS, 100, 86400, scope=pool),
+        lim("rph", Measure.REQUESTS, 1, 3600, Algorithm.SLIDING, scope=pool),
+    ]
+
+    async def scenario(backend: QuotaStore) -> None:
+        for request_id, tokens in (("a:key", 80), ("b:key", 70)):
+            held = allowed(await backend.reserve(request_id, budget, Cost()))
+            await backend.settle(held, Cost(requests=1, tokens=tokens))
+        assert await counters(backend, budget) == {"daily": 150, "rph": 2}
+        states = await backend.peek(budget)
+        assert [s.remaining for s in states] == [0, 0]
+
+    backend_factory.run(clock, scenario)

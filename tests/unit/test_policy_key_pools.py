@@ -24,6 +24,7 @@ from extproc.policy import (
     parse_documents,
 )
 from extproc.policy.loader import validate_file
+from extproc.policy.model import Algorithm, Limit, Measure
 
 FIXTURES = Path(__file__).parent / "fixtures" / "key_pools"
 VALID = FIXTURES / "valid"
@@ -41,7 +42,15 @@ OPENAI_MAIN = KeyPool(
     keys=(
         PoolKey(name="primary", file=SECRETS / "openai/primary", expires_at=None),
         # A date: used until the end of that UTC day, so unusable from the next midnight.
-        PoolKey(name="secondary", file=SECRETS / "openai/secondary", expires_at=utc(2027, 2, 1)),
+        PoolKey(
+            name="secondary",
+            file=SECRETS / "openai/secondary",
+            expires_at=utc(2027, 2, 1),
+            limits=(
+                Limit("daily-tokens", Measure.TOKENS, 2_000_000, 86400),
+                Limit("rpm", Measure.REQUESTS, 60, 60, Algorithm.SLIDING),
+            ),
+        ),
         # 09:30 at +01:00 is 08:30 UTC.
         PoolKey(
             name="rotated-in", file=SECRETS / "openai/rotated-in", expires_at=utc(2027, 3, 1, 8, 30)
@@ -142,6 +151,21 @@ INVALID_CASES = [
         "'/var/run/secrets/tokengate/openai/primary' is also the file of spec.keys[0] "
         "(primary); each key has its own file",
     ),
+    Case(
+        "key-budget-concurrent.yaml",
+        1,
+        f"{KEY1}.limits[0].concurrent",
+        "a key's budget counts what it served over a window (requests, tokens or usd per "
+        "period); concurrency is not a key budget",
+    ),
+    Case("key-budget-usd-without-prices.yaml", 1, f"{KEY1}.limits[0].usd", "price table"),
+    Case(
+        "key-budget-duplicate-limit.yaml",
+        1,
+        f"{KEY1}.limits[1].name",
+        f"duplicate limit name 'daily' (also {KEY1}.limits[0])",
+    ),
+    Case("key-budget-not-list.yaml", 1, f"{KEY1}.limits", "must be a list, got a mapping"),
     Case("expires-not-a-date.yaml", 1, f"{KEY0}.expires", f"must be {FORMS}"),
     Case("expires-integer.yaml", 1, f"{KEY0}.expires", "; got an integer 1800000000"),
     Case(
