@@ -44,8 +44,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterator
     root = tmp_path_factory.mktemp("bench")
     # Upkeep (policy reload, overrides, the ledger's flush) once at start, not every second:
     # a flush's read lands in a run's count only when settlements are pending, so an idle
-    # stretch cannot measure it, and on a slow machine it added 0.07 trips a request.
-    quiet = SidecarOptions(extra_args=("--reload-interval", "3600"))
+    # stretch cannot measure it, and on a slow machine it added 0.07 trips a request. The
+    # liveness heartbeat (a script call every third of the instance TTL) likewise: a slow
+    # saturated run on a loaded machine counted 2.034 script calls a request with it.
+    quiet = SidecarOptions(extra_args=("--reload-interval", "3600", "--instance-ttl", "3600"))
     started = BenchStack(root / "run", vocab_dir, Cores.split(), quiet).start()
     yield started
     started.stop()
@@ -104,9 +106,10 @@ def test_governed_requests_are_checked_and_settled_in_two_round_trips(driver: Dr
 def test_saturation_shares_round_trips_between_requests(driver: Driver) -> None:
     trips = driver.saturated_round_trips(Load(16, 1.0, warmup_s=0))
     # Requests the generator cut at the end of the run may never have reached a reserve
-    # (under 2); the sidecar's liveness heartbeat is a script call too, one every few
-    # seconds, landing in the same count (2.001-2.002 seen on a loaded machine).
-    assert 1.9 <= trips["script_calls"] <= 2.02
+    # (under 2); the fixture's heartbeat is hours apart. On a starved machine a call can
+    # outlive the store timeout and is then voided, one call more (2.016 seen with both
+    # cores busy, 2.034 with the suite and two busy loops sharing them).
+    assert 1.9 <= trips["script_calls"] <= 2.05
     assert trips["round_trips"] < trips["script_calls"]
 
 
