@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,43 @@ def envoy_bootstrap(values: dict[str, Any]) -> dict[str, Any]:
     config_map = find(manifests(values), "ConfigMap", f"{RELEASE}-envoy")
     bootstrap: dict[str, Any] = yaml.safe_load(config_map["data"]["envoy.yaml"])
     return bootstrap
+
+
+# The example values shipped beside the chart (helm/tokengate/examples/), rendered like MODES.
+EXAMPLES = CHART / "examples"
+# Stands for the gateway key the quickstart generates into team-a's Secret; the values get
+# only its sha256 (`--set-string apiKeys.team-a-quickstart.sha256=...`).
+QUICKSTART_KEY = "tg-quickstart-5f0c6a1e9b2d4c7f8a3e6b1d0c9f2a7e4b5d8c1f"
+
+
+def example_values(name: str) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+    return values
+
+
+def sha256_hex(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def quickstart_values(key: str = QUICKSTART_KEY) -> dict[str, Any]:
+    """quickstart-values.yaml plus the --set-string of quickstart.md."""
+    overlay = {"apiKeys": {"team-a-quickstart": {"sha256": sha256_hex(key)}}}
+    return merged(overlay, example_values("quickstart-values.yaml"))
+
+
+MODES.update(
+    {
+        "gateway": example_values("gateway-values.yaml"),
+        "gateway-one-replica": {
+            "mode": "gateway",
+            "gateway": {"replicas": 1, "autoscaling": {"enabled": False}},
+        },
+        "quickstart": quickstart_values(),
+        "image-digests": {
+            "image": {
+                "tokengate": {"tag": "0.1.0-rc1", "digest": "sha256:" + "0" * 63 + "1"},
+                "envoy": {"digest": "sha256:" + "e" * 64},
+            }
+        },
+    }
+)

