@@ -1,10 +1,13 @@
-"""Policies: quotas, gateway keys, forwarded routes, model routes and provider key pools —
+"""Policies: quotas, gateway keys, forwarded routes, model routes, provider key pools and
+shared capacity —
 typed model, loader and validator (see `model` for the shapes)."""
 
 from extproc.policy.loader import load_directories, load_directory, parse_documents
 from extproc.policy.model import (
     ApiKey,
     Backend,
+    Capacity,
+    Degradation,
     FailMode,
     KeyPool,
     Limit,
@@ -20,6 +23,8 @@ from extproc.policy.model import (
 __all__ = [
     "ApiKey",
     "Backend",
+    "Capacity",
+    "Degradation",
     "FailMode",
     "KeyPool",
     "Limit",

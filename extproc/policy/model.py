@@ -36,10 +36,25 @@ class Algorithm(StrEnum):
 
 
 class Priority(StrEnum):
+    """Who goes first when capacity is short (README "Priorities"), highest first."""
+
     INTERACTIVE = "interactive"
     STANDARD = "standard"
     BATCH = "batch"
     BACKGROUND = "background"
+
+    @property
+    def rank(self) -> int:
+        """0 for the highest class: a lower rank goes first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {p: i for i, p in enumerate(Priority)}
+# How long a request of each class may wait for shared capacity, unless a Capacity says.
+DEFAULT_MAX_WAIT_S = MappingProxyType(
+    {Priority.INTERACTIVE: 2.0, Priority.STANDARD: 10.0, Priority.BATCH: 60.0,
+     Priority.BACKGROUND: 0.0}
+)  # fmt: skip
 
 
 class FailMode(StrEnum):
@@ -67,6 +82,24 @@ class Limit:
             object.__setattr__(self, "algorithm", Algorithm.LEASE)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Degradation:
+    """A budget threshold of a policy: once `limit` (one of the policy's own limits) is at
+    `at_percent` % or more, requests for a model matching a pattern of `models` are sent to
+    its cheaper model instead, and classes in `refuse` are refused (429)."""
+
+    limit: str
+    at_percent: int  # 1..100
+    models: tuple[tuple[str, str], ...] = ()  # (fnmatch pattern, cheaper model), in order
+    refuse: tuple[Priority, ...] = ()
+
+    def cheaper(self, model: str) -> str | None:
+        for pattern, cheaper in self.models:
+            if fnmatch.fnmatchcase(model, pattern):
+                return cheaper if cheaper != model else None
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaPolicy:
     """The quota of one namespace (`metadata.namespace`)."""
@@ -90,6 +123,8 @@ class QuotaPolicy:
     # The smallest answer worth forwarding: below it the request is refused (429).
     min_completion_tokens: int = 16
     source: str = ""
+    # Budget thresholds, lowest first (`Degradation`).
+    degrade: tuple[Degradation, ...] = ()
 
     def allows_model(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, p) for p in self.model_patterns)
@@ -105,6 +140,13 @@ class ApiKey:
     sha256: str
     limits: tuple[Limit, ...] = ()
     source: str = ""
+    # The class this key's requests get (None: the policy's), and the highest class its
+    # `x-tokengate-priority` header may ask for (None: its own class).
+    priority: Priority | None = None
+    max_priority: Priority | None = None
+    # False: this key's requests are never sent to a cheaper model (budget degradation or
+    # shedding refuse them instead).
+    allow_substitution: bool = True
 
 
 EVERY_NAMESPACE = "*"
@@ -172,6 +214,40 @@ class ModelRoute:
     source: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capacity:
+    """Shared capacity (cluster-wide, the platform team's): what requests served by
+    `provider` for a model matching `model_patterns` compete for, fleet-wide (a provider
+    tier's requests and tokens per minute, concurrency). Namespace and key quotas are the
+    first gate; this is the second. When it is short, requests wait in one fleet-wide queue
+    ordered by deadline (arrival + their class's `max_wait_s`), so higher classes go first
+    and a waiting request ages toward the front; one whose wait would pass its class's
+    maximum is refused at once. Shedding, by the estimated wait: background is never queued;
+    batch is refused past `refuse_batch_after_s`; standard goes to its `cheaper` model past
+    `downgrade_standard_after_s`; interactive always waits for the requested model."""
+
+    name: str
+    provider: str
+    limits: tuple[Limit, ...]
+    model_patterns: tuple[str, ...] = ("*",)
+    max_wait_s: Mapping[Priority, float] = DEFAULT_MAX_WAIT_S
+    refuse_batch_after_s: float | None = None
+    downgrade_standard_after_s: float | None = None
+    cheaper: tuple[tuple[str, str], ...] = ()  # (fnmatch pattern, cheaper model), in order
+    source: str = ""
+
+    def covers(self, provider: str, model: str) -> bool:
+        return provider == self.provider and any(
+            fnmatch.fnmatchcase(model, p) for p in self.model_patterns
+        )
+
+    def cheaper_model(self, model: str) -> str | None:
+        for pattern, cheaper in self.cheaper:
+            if fnmatch.fnmatchcase(model, pattern):
+                return cheaper if cheaper != model else None
+        return None
+
+
 # How long before a key's expiry the pool warns, when `warnBefore` is not written.
 DEFAULT_WARN_BEFORE_S = 14 * 86400
 
@@ -216,6 +292,7 @@ class PolicySnapshot:
     routes: tuple[Route, ...] = ()  # what default deny lets through, in file order
     model_routes: tuple[ModelRoute, ...] = ()  # in file order; at most one per model and scope
     key_pools: tuple[KeyPool, ...] = ()  # in file order; names are unique
+    capacities: tuple[Capacity, ...] = ()  # in file order; names are unique
     # model -> scope (a namespace, or None for cluster-wide) -> route. Built once here, so
     # the lookup on every governed request costs two dict reads, never a scan.
     _model_index: Mapping[str, Mapping[str | None, ModelRoute]] = field(
@@ -252,6 +329,13 @@ class PolicySnapshot:
             return None
         own = scopes.get(namespace)
         return own if own is not None else scopes.get(None)
+
+    def capacity_for(self, provider: str, model: str) -> Capacity | None:
+        """The first `Capacity` (in file order) covering what serves a request."""
+        for capacity in self.capacities:
+            if capacity.covers(provider, model):
+                return capacity
+        return None
 
     def key_pool(self, name: str) -> KeyPool | None:
         """The `ProviderKeyPool` called `name` (what `Backend.key_pool` names), else None."""
