@@ -230,7 +230,7 @@ class Capacity:
     provider: str
     limits: tuple[Limit, ...]
     model_patterns: tuple[str, ...] = ("*",)
-    max_wait_s: Mapping[Priority, float] = DEFAULT_MAX_WAIT_S
+    max_wait_s: Mapping[Priority, float] = field(default_factory=lambda: DEFAULT_MAX_WAIT_S)
     refuse_batch_after_s: float | None = None
     downgrade_standard_after_s: float | None = None
     cheaper: tuple[tuple[str, str], ...] = ()  # (fnmatch pattern, cheaper model), in order

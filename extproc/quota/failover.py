@@ -49,6 +49,7 @@ from extproc.quota.store import (
     LimitState,
     QuotaStore,
     Reservation,
+    Ticket,
 )
 from extproc.quota.windows import ScopedLimit
 from extproc.telemetry.events import Event, EventBus
@@ -137,14 +138,15 @@ class FailoverStore(QuotaStore):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        ticket: Ticket | None = None,
     ) -> Decision:
         if self._shared is None:
-            return await self._local.reserve(request_id, limits, cost)
+            return await self._local.reserve(request_id, limits, cost, ticket=ticket)
         refusal = UNREACHABLE
         async with self._slots:
             if self._try_shared():
                 try:
-                    decision = await self._shared.reserve(request_id, limits, cost)
+                    decision = await self._shared.reserve(request_id, limits, cost, ticket=ticket)
                 except LoopStarved as exc:
                     self._starved(exc)
                     refusal = OVERLOADED
@@ -158,7 +160,9 @@ class FailoverStore(QuotaStore):
                 else:
                     self._mark(True)
                     return _tagged(decision, SHARED)
-        decision = await self._fallback(request_id, limits, cost, fail_mode, refusal=refusal)
+        decision = await self._fallback(
+            request_id, limits, cost, fail_mode, refusal=refusal, ticket=ticket
+        )
         return _tagged(decision, LOCAL)
 
     def _starved(self, exc: LoopStarved) -> None:
@@ -187,12 +191,14 @@ class FailoverStore(QuotaStore):
         fail_mode: FailMode,
         *,
         refusal: str = UNREACHABLE,
+        ticket: Ticket | None = None,
     ) -> Decision:
-        """`refusal`: what a fail-closed caller is told."""
+        """`refusal`: what a fail-closed caller is told. A ticket queues in this sidecar's
+        own queue meanwhile (the fleet-wide order is the shared store's)."""
         self._metrics.fail_mode_decisions.labels(fail_mode.value).inc()
         if fail_mode is FailMode.CLOSED:
             raise Unavailable(refusal)
-        return await self._local.reserve(request_id, limits, cost)
+        return await self._local.reserve(request_id, limits, cost, ticket=ticket)
 
     async def debit(
         self, reservation: Reservation, extra: Cost, fail_mode: FailMode = FailMode.CLOSED
@@ -245,6 +251,25 @@ class FailoverStore(QuotaStore):
     @property
     def shared(self) -> bool:
         return self._shared is not None
+
+    async def leave(self, limits: Sequence[ScopedLimit], member: str) -> None:
+        """Out of both queues (it may have queued locally while the shared store was away);
+        a shared store that cannot be told lets the ticket's hold run out instead."""
+        await self._local.leave(limits, member)
+        if self._shared is not None and self._up:
+            try:
+                await self._shared.leave(limits, member)
+            except QuotaStoreError as exc:
+                log.warning("queue ticket left to expire: %s", exc)
+
+    async def queue(self, limits: Sequence[ScopedLimit]) -> tuple[tuple[str, float], ...]:
+        """The shared queue, else (or while it is away) this sidecar's own."""
+        if self._shared is not None and self._up:
+            try:
+                return await self._shared.queue(limits)
+            except QuotaStoreError as exc:
+                self._mark(False, str(exc))
+        return await self._local.queue(limits)
 
     async def peek(self, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
         """Counters for the control API: the shared store's, else (or while it is away)

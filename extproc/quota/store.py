@@ -101,10 +101,23 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class Ticket:
+    """A request's place in a shared capacity's queue (see `queue.py`)."""
+
+    member: str  # "<class>/<request id>": `ctl queue` reads the class back
+    score: float  # its deadline (unix seconds): arrival + its class's longest wait
+    hold_s: float  # how long the place is kept without another call from its holder
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     reservation: Reservation | None
     refusal: Refusal | None
     states: tuple[LimitState, ...]
+    # With a ticket: the tickets ahead of it when decided (-1: no queue was consulted), and
+    # whether it was refused only because they go first (the limits had room for it alone).
+    ahead: int = -1
+    queued: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -123,8 +136,20 @@ class QuotaStore(Protocol):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        ticket: Ticket | None = None,
     ) -> Decision:
-        """Atomically check every limit and, only if all allow it, take `cost` from each."""
+        """Atomically check every limit and, only if all allow it, take `cost` from each.
+        With a `ticket` (a shared capacity's queue, `queue.py`), only if the limits also
+        have room for every ticket ahead of it; refused, the ticket takes or keeps its
+        place; allowed, it leaves the queue."""
+        ...
+
+    async def leave(self, limits: Sequence[ScopedLimit], member: str) -> None:
+        """Take a ticket out of the queue of `limits`' capacity (its request gave up)."""
+        ...
+
+    async def queue(self, limits: Sequence[ScopedLimit]) -> tuple[tuple[str, float], ...]:
+        """The tickets waiting for `limits`' capacity, first first: (member, score)."""
         ...
 
     async def debit(

@@ -17,7 +17,16 @@ from typing import Any
 from extproc.policy.model import Algorithm, FailMode, Limit
 from extproc.quota.limiter import decide, need_of, states
 from extproc.quota.meters import Bucket, Calendar, Leases, Meter, new_meter
-from extproc.quota.store import Cost, Decision, LimitState, QuotaStore, Reservation
+from extproc.quota.queue import TicketQueue, queue_keys, room
+from extproc.quota.store import (
+    Cost,
+    Decision,
+    LimitState,
+    QuotaStore,
+    Refusal,
+    Reservation,
+    Ticket,
+)
 from extproc.quota.windows import ScopedLimit
 
 # A reservation nobody settles (a sidecar that crashed, a lost stream) ends after this long:
@@ -54,6 +63,7 @@ class MemoryBackend(QuotaStore):
         self._deadlines: list[tuple[float, str]] = []
         self._expired: dict[str, Reservation] = {}  # ended, awaiting a late settle
         self._unheld: dict[str, None] = {}  # settled without a reservation (see settle)
+        self._queues: dict[str, TicketQueue] = {}  # a capacity's queue key -> its tickets
 
     def _meter(self, scoped: ScopedLimit) -> Meter:
         """The limit's meter, following the limit as it is now: a reload or an extra-quota
@@ -75,6 +85,7 @@ class MemoryBackend(QuotaStore):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        ticket: Ticket | None = None,
     ) -> Decision:
         now = self._clock()
         self._expire(now)
@@ -84,6 +95,18 @@ class MemoryBackend(QuotaStore):
             return Decision(held, None, states(limits, meters, now))
         needs = [need_of(s, cost) for s in limits]
         refusal = decide(limits, meters, needs, now)
+        ahead = -1
+        if ticket is not None:
+            queue = self._queue_of(limits)
+            queue.prune(now)
+            ahead, counted = queue.ahead(ticket), states(limits, meters, now)
+            if refusal is not None or ahead >= room(counted, needs):
+                queue.place(ticket, now)
+                if refusal is not None:
+                    return Decision(None, refusal, counted, ahead=ahead)
+                behind = Refusal(limits[0], needs[0], counted[0].used, 0.0)
+                return Decision(None, behind, counted, ahead=ahead, queued=True)
+            queue.remove(ticket.member)
         if refusal is not None:
             return Decision(None, refusal, states(limits, meters, now))
         deadline = now + self._lease_ttl_s
@@ -96,7 +119,7 @@ class MemoryBackend(QuotaStore):
                 windows.append(meter.take(need, now))
         reservation = Reservation(request_id, tuple(limits), tuple(windows), cost)
         self._hold(reservation, deadline)
-        return Decision(reservation, None, states(limits, meters, now))
+        return Decision(reservation, None, states(limits, meters, now), ahead=ahead)
 
     async def debit(
         self, reservation: Reservation, extra: Cost, fail_mode: FailMode = FailMode.CLOSED
@@ -183,6 +206,24 @@ class MemoryBackend(QuotaStore):
         memory[request_id] = value
         while len(memory) > MAX_EXPIRED_REMEMBERED:
             memory.pop(next(iter(memory)))
+
+    def _queue_of(self, limits: Sequence[ScopedLimit]) -> TicketQueue:
+        key = queue_keys(limits[0].scope)[0]
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = TicketQueue()
+        return queue
+
+    async def leave(self, limits: Sequence[ScopedLimit], member: str) -> None:
+        if limits:
+            self._queue_of(limits).remove(member)
+
+    async def queue(self, limits: Sequence[ScopedLimit]) -> tuple[tuple[str, float], ...]:
+        if not limits:
+            return ()
+        queue = self._queue_of(limits)
+        queue.prune(self._clock())
+        return queue.members()
 
     async def peek(self, limits: Sequence[ScopedLimit]) -> tuple[LimitState, ...]:
         now = self._clock()

@@ -34,6 +34,7 @@ from extproc.quota.backends.redis_liveness import Heartbeat, Instance, Liveness
 from extproc.quota.deadline import STARVED_WALL_FACTOR, LoopLag
 from extproc.quota.limiter import need_of
 from extproc.quota.meters import calendar_window
+from extproc.quota.queue import queue_keys
 from extproc.quota.store import (
     DEFAULT_MAX_IN_FLIGHT,
     Cost,
@@ -42,6 +43,7 @@ from extproc.quota.store import (
     QuotaStore,
     Refusal,
     Reservation,
+    Ticket,
 )
 from extproc.quota.windows import KEY_PREFIX, ScopedLimit
 
@@ -146,9 +148,10 @@ class RedisBackend(QuotaStore):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        ticket: Ticket | None = None,
     ) -> Decision:
         needs = [need_of(s, cost) for s in limits]
-        answer = await self._run("reserve", request_id, limits, needs)
+        answer = await self._run("reserve", request_id, limits, needs, ticket=ticket)
         reservation = Reservation(request_id, tuple(limits), tuple(0 for _ in limits), cost)
         decision = _decision(answer, limits, needs, reservation)
         if decision.allowed and self._liveness is not None:
@@ -178,6 +181,33 @@ class RedisBackend(QuotaStore):
         held = Reservation("-", tuple(limits), (), Cost())
         return _decision(answer, limits, [0] * len(limits), held).states
 
+    async def leave(self, limits: Sequence[ScopedLimit], member: str) -> None:
+        if not limits:
+            return
+        queue, holds = queue_keys(limits[0].scope)
+        try:  # one slot (the capacity's hash tag): one round trip
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zrem(queue, member)
+                pipe.zrem(holds, member)
+                await pipe.execute()
+        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+            raise QuotaStoreError(f"quota store leave failed: {type(exc).__name__}") from exc
+
+    async def queue(self, limits: Sequence[ScopedLimit]) -> tuple[tuple[str, float], ...]:
+        if not limits:
+            return ()
+        queue, holds = queue_keys(limits[0].scope)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zrange(queue, 0, -1, withscores=True)
+                now = self._clock() if self._clock is not None else time.time()
+                pipe.zrangebyscore(holds, "(" + repr(now), "+inf")
+                tickets, held = await pipe.execute()
+        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+            raise QuotaStoreError(f"quota store queue failed: {type(exc).__name__}") from exc
+        live = {_text(m) for m in held}
+        return tuple((_text(m), float(s)) for m, s in tickets if _text(m) in live)
+
     async def reset(self, limits: Sequence[ScopedLimit]) -> int:
         keys = [s.base_key for s in limits if s.limit.period_s is not None]
         if not keys:
@@ -188,12 +218,20 @@ class RedisBackend(QuotaStore):
             raise QuotaStoreError(f"quota store reset failed: {type(exc).__name__}") from exc
 
     async def _run(
-        self, op: str, request_id: str, limits: Sequence[ScopedLimit], needs: Sequence[int]
+        self,
+        op: str,
+        request_id: str,
+        limits: Sequence[ScopedLimit],
+        needs: Sequence[int],
+        *,
+        ticket: Ticket | None = None,
     ) -> Any:
         namespace = _namespace(limits)
         tag = f"{KEY_PREFIX}:{{ns:{namespace}}}"
         keys = [f"{tag}:res:{request_id}", f"{tag}:open", f"{tag}:inst",
                 *(s.base_key for s in limits)]  # fmt: skip
+        if ticket is not None:
+            keys += queue_keys(limits[0].scope)
         now = self._clock() if self._clock is not None else None
         specs = ";".join(
             _limit_spec(scoped, need, now) for scoped, need in zip(limits, needs, strict=True)
@@ -203,6 +241,8 @@ class RedisBackend(QuotaStore):
             op, "" if now is None else repr(now), request_id, self._lease_ttl_s, specs, me,
             self._instance_ttl,
         ]  # fmt: skip
+        if ticket is not None:
+            args.append(f"{ticket.member};{ticket.score!r};{ticket.hold_s!r}")
         try:
             answer = await self._call(keys, args)
         except (TimeoutError, redis_errors.RedisError, OSError) as exc:
@@ -315,8 +355,16 @@ def _decision(
         LimitState(s, int(answer[3 + 2 * i]), float(answer[4 + 2 * i]))
         for i, s in enumerate(limits)
     )
+    ahead = int(answer[4 + 2 * len(limits)]) if len(answer) > 4 + 2 * len(limits) else -1
     if ok == 1:
-        return Decision(held, None, states)
+        return Decision(held, None, states, ahead=ahead)
+    if worst == -1:  # the limits had room, but not for the tickets ahead of it too
+        behind = Refusal(limits[0], needs[0], states[0].used, 0.0)
+        return Decision(None, behind, states, ahead=ahead, queued=True)
     scoped = limits[worst - 1]
     refusal = Refusal(scoped, needs[worst - 1], states[worst - 1].used, retry)
-    return Decision(None, refusal, states)
+    return Decision(None, refusal, states, ahead=ahead)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -19,10 +19,13 @@
 --   actual amount), calendar start, calendar end, end of the next calendar window
 -- ARGV[6] the calling sidecar instance ("" = none: no liveness kept)
 -- ARGV[7] its liveness TTL seconds: every call renews it in this namespace
+-- ARGV[8] (reserve only, optional) a shared capacity's queue ticket: member;score;hold s
+--   (extproc/quota/queue.py); KEYS[4 + n] the queue, KEYS[5 + n] its tickets' holds
 --
--- Answer of reserve / debit / peek: ok, worst limit, retry after, (used, reset after) per
--- limit, then how many reservations of dead instances this call closed. settle: 1 when it
--- applied a record, 0 when there was none (settled already).
+-- Answer of reserve / debit / peek: ok, worst limit (-1: the limits had room, but not for
+-- the tickets ahead), retry after, (used, reset after) per limit, then how many
+-- reservations of dead instances this call closed, then (with a ticket) the tickets ahead.
+-- settle: 1 when it applied a record, 0 when there was none (settled already).
 
 if redis.replicate_commands then redis.replicate_commands() end
 
@@ -36,6 +39,12 @@ for spec in string.gmatch(ARGV[5], '[^;]+') do
   specs[#specs + 1] = f
 end
 local n = #specs
+local member, score, hold
+if ARGV[8] and ARGV[8] ~= '' then
+  local parts = {}
+  for value in string.gmatch(ARGV[8], '[^;]+') do parts[#parts + 1] = value end
+  member, score, hold = parts[1], tonumber(parts[2]), tonumber(parts[3])
+end
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
@@ -266,18 +275,44 @@ local live = op == 'reserve' or (exists and mark ~= '1')
 
 -- reserve / debit: check everything first, then take everything (all or nothing) --------
 local used, resets, worst, worst_retry = {}, {}, 0, -1
+local room = 1073741824  -- how many requests of this size the limits admit (queue.py)
 for i = 1, n do
   local kind, key, cap, period, need, c1, c2, c3 = limit_args(i)
   if op == 'debit' and kind == 'L' then need = 0 end
   local u, reset, retry = inspect(kind, key, cap, period, need, c1, c2, c3)
   used[i], resets[i] = u, reset
   if need > 0 and retry ~= nil and retry > worst_retry then worst, worst_retry = i, retry end
+  if need > 0 then room = math.min(room, math.max(0, math.floor((cap - u) / need))) end
 end
+
+-- a shared capacity's queue: the tickets whose holders stopped asking leave, then this one
+-- may take capacity only if the limits have room for it and for every ticket ahead
+local ahead = -1
+local queue_key, hold_key = KEYS[4 + n], KEYS[5 + n]
+if member and op == 'reserve' then
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', hold_key, '-inf', fmt(now), 'LIMIT', 0, 100)) do
+    redis.call('ZREM', queue_key, gone)
+    redis.call('ZREM', hold_key, gone)
+  end
+  ahead = redis.call('ZCOUNT', queue_key, '-inf', '(' .. fmt(score))
+  if worst == 0 and ahead >= room then worst, worst_retry = -1, 0 end
+  if worst ~= 0 then
+    redis.call('ZADD', queue_key, fmt(score), member)
+    redis.call('ZADD', hold_key, fmt(now + hold), member)
+    redis.call('PEXPIRE', queue_key, math.ceil((hold + 60) * 1000))
+    redis.call('PEXPIRE', hold_key, math.ceil((hold + 60) * 1000))
+  else
+    redis.call('ZREM', queue_key, member)
+    redis.call('ZREM', hold_key, member)
+  end
+end
+
 local out = {0, worst, fmt(worst_retry)}
-if worst > 0 or op == 'peek' then  -- peek: the states only, nothing taken (control API)
+if worst ~= 0 or op == 'peek' then  -- peek: the states only, nothing taken (control API)
   if op == 'peek' then out[1] = 1 end
   for i = 1, n do out[#out + 1] = used[i]; out[#out + 1] = fmt(resets[i]) end
   out[#out + 1] = recovered
+  out[#out + 1] = ahead
   return out
 end
 local deadline = now + ttl
@@ -315,4 +350,5 @@ if op == 'reserve' and me ~= '' then  -- the reservation belongs to this instanc
 end
 out[1] = 1
 out[#out + 1] = recovered
+out[#out + 1] = ahead
 return out
