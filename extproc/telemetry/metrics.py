@@ -27,6 +27,7 @@ _PHASE_BUCKETS = (
 )
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 # Reservations err high by design (a whole max_tokens for a short answer): wide buckets.
 _RESERVATION_BUCKETS = (-0.5, -0.1, -0.01, 0.0, 0.01, 0.1, 0.5, 1.0, 3.0, 10.0, 100.0)
 _ERROR_BUCKETS = (-0.5, -0.2, -0.1, -0.05, -0.01, -0.001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
@@ -236,6 +237,7 @@ class Metrics:
             ["pool", "key"],
             registry=r,
         )
+        self._priorities(r)
         self.settlements_queued = Gauge(
             "tokengate_settlements_queued",
             "Settlements waiting for the quota store to come back (replayed, idempotent).",
@@ -272,3 +274,38 @@ class Metrics:
         if usage is not None and usage.completion_tokens > 0:
             ratio = (counted - usage.completion_tokens) / usage.completion_tokens
             self.count_error.labels(self.model_label(model)).observe(ratio)
+
+    def _priorities(self, r: CollectorRegistry) -> None:
+        """Shared capacity, its queue and shedding, budget degradation (README "Priorities").
+        `capacity` is a Capacity's name and `class` a priority class: both bounded by the
+        policy (a handful of capacities, four classes)."""
+        self.queue_depth = Gauge(
+            "tokengate_queue_depth",
+            "Requests this sidecar holds waiting for a shared capacity, by class.",
+            ["capacity", "class"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_wait = Histogram(
+            "tokengate_queue_wait_seconds",
+            "How long requests waited for a shared capacity before they were let through "
+            "(0 when it had room at once), by class.",
+            ["capacity", "class"],
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "tokengate_shed",
+            "Requests shed by a shared capacity, by class and action: refused (its class is "
+            "shed, or its wait would pass its class's maximum), downgraded (sent to the "
+            "cheaper model), gone (its client left while it waited).",
+            ["capacity", "class", "action"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "tokengate_degraded",
+            "Requests sent to a cheaper model, by namespace and why: budget (a policy's "
+            "degrade threshold) or capacity (shedding).",
+            ["namespace", "reason"],
+            registry=r,
+        )
