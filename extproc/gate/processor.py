@@ -36,6 +36,8 @@ UPSTREAM_HEADER = "x-tokengate-upstream"
 # a client could make Envoy retry a billed request or stretch its timeouts. Only the sidecar
 # sets them (a model route's retries).
 _ENVOY_CONTROL = "x-envoy-"
+# Headers a client sends to the gateway itself, never to the provider.
+PRIORITY_HEADER = "x-tokengate-priority"
 _TRAILERS = {
     "request_trailers": ep.ProcessingResponse(request_trailers=ep.TrailersResponse()),
     "response_trailers": ep.ProcessingResponse(response_trailers=ep.TrailersResponse()),
@@ -111,7 +113,9 @@ class Processor(abc.ABC):
         remove = [h for h in credential_headers(self._request_headers) if h != self._key_header]
         return replies.request_headers_reply(
             set_headers=self.upstream_headers(secret.reveal()),
-            remove=remove + [h for h in self._request_headers if h.startswith(_ENVOY_CONTROL)],
+            remove=remove
+            + [h for h in self._request_headers if h.startswith(_ENVOY_CONTROL)]
+            + ([PRIORITY_HEADER] if PRIORITY_HEADER in self._request_headers else []),
             mode=self.mode,
             clear_route_cache=True,
         )
