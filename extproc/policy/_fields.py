@@ -145,6 +145,32 @@ def duration_s(doc: Doc, value: object, field: str) -> int:
     return seconds
 
 
+def wait_s(doc: Doc, value: object, field: str, *, low_s: int, high_s: int) -> int:
+    """A short wait written like a limit's `per` (`0s`, `2s`, `1m`), in whole seconds between
+    `low_s` and `high_s`; months are refused. Unlike `duration_s`, zero may be allowed: a
+    class that may not wait at all is a choice, not a typo."""
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None or match.group(2) == "mo":
+        shape = f"a duration like {low_s}s, 2s, 30s or 1m (a number and s|m|h)"
+        doc.fail(field, f"must be {shape}, got {show(value)}")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not low_s <= seconds <= high_s:
+        doc.fail(field, f"must be between {low_s}s and {high_s}s, got {value}")
+    return seconds
+
+
+def model_patterns(doc: Doc, value: object, field: str, *, empty: str) -> tuple[str, ...]:
+    """A list of fnmatch patterns of model names. An empty list would match nothing, which is
+    never what someone meant; `empty` says what to write instead."""
+    items = list_(doc, value, field)
+    if not items:
+        doc.fail(field, f"must not be empty; {empty}")
+    for i, pattern in enumerate(items):
+        if not isinstance(pattern, str) or not pattern:
+            doc.fail(f"{field}[{i}]", f"must be a non-empty string, got {show(pattern)}")
+    return tuple(str(p) for p in items)
+
+
 def token_count(doc: Doc, value: object, field: str) -> int:
     """A number of completion tokens a policy writes or reserves. A million is beyond any
     model's completion limit, so a larger value is a typo (an extra zero), not a wish."""

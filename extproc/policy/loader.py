@@ -22,13 +22,21 @@ import yaml
 
 from extproc.errors import ConfigError, PolicyError
 from extproc.policy.key_pools import key_pool_reference_problem
-from extproc.policy.model import ApiKey, KeyPool, ModelRoute, PolicySnapshot, QuotaPolicy, Route
+from extproc.policy.model import (
+    ApiKey,
+    Capacity,
+    KeyPool,
+    ModelRoute,
+    PolicySnapshot,
+    QuotaPolicy,
+    Route,
+)
 from extproc.policy.validate import validate_document
 
 MAX_FILE_BYTES = 1 << 20
 SUFFIXES = (".yaml", ".yml", ".json")
 
-Document = QuotaPolicy | ApiKey | Route | ModelRoute | KeyPool
+Document = QuotaPolicy | ApiKey | Route | ModelRoute | KeyPool | Capacity
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -82,9 +90,9 @@ def parse_documents(text: str, *, file: str, allow_usd: bool = False) -> list[Do
 
 def validate_file(text: str, *, file: str, allow_usd: bool = False) -> list[Document]:
     """`parse_documents` plus the checks across documents that loading applies (a namespace,
-    key, model route or key pool defined twice; a backend's key pool): what the control API's
-    ValidatePolicy and policy-sync answer. One file is part of a set, so a key pool it does
-    not define may be defined in another; one it defines is checked."""
+    key, model route, key pool or capacity defined twice; a backend's key pool): what the
+    control API's ValidatePolicy and policy-sync answer. One file is part of a set, so a key
+    pool it does not define may be defined in another; one it defines is checked."""
     located = _parse(text, file=file, allow_usd=allow_usd)
     _index(located)
     _check_key_pools(located, complete=False)
@@ -122,6 +130,7 @@ def load_directories(
         routes=tuple(item.obj for item in located if isinstance(item.obj, Route)),
         model_routes=tuple(item.obj for item in located if isinstance(item.obj, ModelRoute)),
         key_pools=tuple(item.obj for item in located if isinstance(item.obj, KeyPool)),
+        capacities=tuple(item.obj for item in located if isinstance(item.obj, Capacity)),
         version=_version(contents),
         loaded_at=now(),
         sources=tuple(name for name, _ in contents),
@@ -224,7 +233,7 @@ def _index(located: list[_Located]) -> tuple[dict[str, QuotaPolicy], dict[str, A
             what = f"{kind} {_scope(obj) or '(cluster-wide)'}/{obj.name}"
             _clash(item, "metadata.name", what, seen_names[ident])
         seen_names[ident] = item
-        if isinstance(obj, Route | KeyPool):
+        if isinstance(obj, Route | KeyPool | Capacity):
             continue
         if isinstance(obj, ModelRoute):
             scope = (obj.namespace, obj.model)
@@ -262,8 +271,9 @@ def _kind(obj: Document) -> str:
 
 
 def _scope(obj: Document) -> str | None:
-    """The namespace a document is defined in; None: cluster-wide (a key pool always is)."""
-    return None if isinstance(obj, KeyPool) else obj.namespace
+    """The namespace a document is defined in; None: cluster-wide (a key pool and a
+    capacity always are)."""
+    return None if isinstance(obj, KeyPool | Capacity) else obj.namespace
 
 
 def _check_key_pools(located: list[_Located], *, complete: bool) -> None:

@@ -1,5 +1,6 @@
 """Turn one parsed YAML document into a `QuotaPolicy`, an `ApiKey`, a `Route`, a
-`ModelRoute` or a `KeyPool` (kind `ProviderKeyPool`), or say exactly what is wrong with it.
+`ModelRoute`, a `KeyPool` (kind `ProviderKeyPool`) or a `Capacity`, or say exactly what is
+wrong with it.
 
 Validation is strict and stops at the first problem: a policy file is written by a person, so
 one precise message ("team-a.yaml (document 2): spec.limits[2].tokns: unknown field ...") is
@@ -20,15 +21,17 @@ from extproc.policy._fields import (
     check_fields,
     dns_label,
     limit_list,
-    list_,
     mapping,
+    model_patterns,
     required,
     show,
     token_count,
 )
+from extproc.policy.capacity import capacity_document, degradations
 from extproc.policy.key_pools import key_pool_document
 from extproc.policy.model import (
     ApiKey,
+    Capacity,
     FailMode,
     KeyPool,
     ModelRoute,
@@ -40,7 +43,12 @@ from extproc.policy.model_routes import model_route_document
 from extproc.policy.routes import route_document
 
 API_VERSION = "tokengate.dev/v1"
-KINDS = ("QuotaPolicy", "ApiKey", "Route", "ModelRoute", "ProviderKeyPool")
+KINDS = ("QuotaPolicy", "ApiKey", "Route", "ModelRoute", "ProviderKeyPool", "Capacity")
+# Kinds that belong to the platform team: what they govern every namespace shares.
+_CLUSTER_WIDE = {
+    "ProviderKeyPool": "its keys are the provider account's, which every namespace shares",
+    "Capacity": "it is the provider tier's, which every namespace's requests share",
+}
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -48,17 +56,18 @@ _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 _METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
 _POLICY_FIELDS = (
     "priority", "models", "limits", "failMode", "defaultMaxTokens", "streamReserveTokens",
-    "timeZone", "clampCompletion", "minCompletionTokens",
+    "timeZone", "clampCompletion", "minCompletionTokens", "degrade",
 )  # fmt: skip
 _MODELS_FIELDS = ("allow",)
-_KEY_FIELDS = ("sha256", "limits")
+_KEY_FIELDS = ("sha256", "limits", "priority", "maxPriority", "substitution")
+_SUBSTITUTION = ("allow", "forbid")
 
 _E = TypeVar("_E", Priority, FailMode)
 
 
 def validate_document(
     data: object, *, file: str, document: int, allow_usd: bool = False
-) -> QuotaPolicy | ApiKey | Route | ModelRoute | KeyPool:
+) -> QuotaPolicy | ApiKey | Route | ModelRoute | KeyPool | Capacity:
     """Validate one document; `file` (also the object's `source`) and the 1-based `document`
     index name it in errors. `allow_usd` says a price table is configured: without one a
     dollar limit could never be charged, so accepting it would be a quota that never bites."""
@@ -79,14 +88,15 @@ def validate_document(
     if kind == "ModelRoute":
         name, scope = _metadata(doc, meta, namespace_required=False)
         return model_route_document(doc, spec, name=name, namespace=scope)
-    if kind == "ProviderKeyPool":
+    if kind in _CLUSTER_WIDE:
         if meta.get("namespace") is not None:
             doc.fail(
                 "metadata.namespace",
-                "a ProviderKeyPool is cluster-wide (its keys are the provider account's, "
-                "which every namespace shares); remove metadata.namespace",
+                f"a {kind} is cluster-wide ({_CLUSTER_WIDE[kind]}); remove metadata.namespace",
             )
         name, _ = _metadata(doc, meta, namespace_required=False)
+        if kind == "Capacity":
+            return capacity_document(doc, spec, name=name, allow_usd=allow_usd)
         return key_pool_document(doc, spec, name=name, allow_usd=allow_usd)
     name, namespace = _metadata(doc, meta, namespace_required=True)
     assert namespace is not None
@@ -100,7 +110,8 @@ def _metadata(
 ) -> tuple[str, str | None]:
     """Name and namespace are DNS-1123 labels because they become Kubernetes namespaces and
     store keys; labels and annotations are accepted (kubectl tooling adds them) and ignored.
-    A Route or ModelRoute without a namespace is cluster-wide; a ProviderKeyPool always is."""
+    A Route or ModelRoute without a namespace is cluster-wide; a ProviderKeyPool or a
+    Capacity always is."""
     check_fields(doc, meta, _METADATA_FIELDS, "metadata.")
     for extra in ("labels", "annotations"):
         if extra in meta:
@@ -123,15 +134,17 @@ def _quota_policy(
         models = mapping(doc, spec["models"], "spec.models")
         check_fields(doc, models, _MODELS_FIELDS, "spec.models.")
         allow = required(doc, models, "allow", "spec.models.")
-        patterns = _model_patterns(doc, allow, "spec.models.allow")
+        empty = "use ['*'] to allow every model"
+        patterns = model_patterns(doc, allow, "spec.models.allow", empty=empty)
     max_tokens = token_count(doc, spec.get("defaultMaxTokens", 1024), "spec.defaultMaxTokens")
     reserve = spec.get("streamReserveTokens")
     if reserve is not None:
         reserve = token_count(doc, reserve, "spec.streamReserveTokens")
+    limits = limit_list(doc, spec.get("limits", []), allow_usd=allow_usd)
     return QuotaPolicy(
         name=name,
         namespace=namespace,
-        limits=limit_list(doc, spec.get("limits", []), allow_usd=allow_usd),
+        limits=limits,
         model_patterns=patterns,
         priority=_enum(doc, spec, "priority", Priority, Priority.STANDARD),
         fail_mode=_enum(doc, spec, "failMode", FailMode, FailMode.CLOSED),
@@ -143,6 +156,7 @@ def _quota_policy(
             doc, spec.get("minCompletionTokens", 16), "spec.minCompletionTokens"
         ),
         source=doc.file,
+        degrade=degradations(doc, spec["degrade"], limits) if "degrade" in spec else (),
     )
 
 
@@ -156,7 +170,9 @@ def _api_key(
     doc: Doc, spec: Mapping[str, object], *, name: str, namespace: str, allow_usd: bool
 ) -> ApiKey:
     """The hash is normalised to lower case so lookups by the hex digest of a bearer token
-    match however the operator pasted it."""
+    match however the operator pasted it. A key is validated alone, and the class it gets
+    when `priority` is left out is its namespace's policy's, which may be in another file:
+    so `maxPriority` is checked against `priority` only when both are written."""
     check_fields(doc, spec, _KEY_FIELDS, "spec.")
     sha = required(doc, spec, "sha256", "spec.")
     if not isinstance(sha, str) or not _SHA256_HEX.fullmatch(sha):
@@ -165,20 +181,31 @@ def _api_key(
             got = f"{len(sha)} characters" if len(sha) != 64 else "a non-hex character"
         doc.fail("spec.sha256", f"must be 64 hex digits (the sha256 of the key), got {got}")
     limits = limit_list(doc, spec.get("limits", []), allow_usd=allow_usd)
+    priority = _enum(doc, spec, "priority", Priority, Priority.STANDARD)
+    highest = _enum(doc, spec, "maxPriority", Priority, Priority.STANDARD)
+    if "priority" in spec and "maxPriority" in spec and highest.rank > priority.rank:
+        doc.fail(
+            "spec.maxPriority",
+            f"{highest.value} is lower than spec.priority ({priority.value}); it is the "
+            "highest class the key's x-tokengate-priority header may ask for, so at least "
+            "the key's own",
+        )
+    substitution = spec.get("substitution", "allow")
+    if not isinstance(substitution, str) or substitution not in _SUBSTITUTION:
+        doc.fail(
+            "spec.substitution",
+            f"must be one of {', '.join(_SUBSTITUTION)}; got {show(substitution)}",
+        )
     return ApiKey(
-        name=name, namespace=namespace, sha256=sha.lower(), limits=limits, source=doc.file
+        name=name,
+        namespace=namespace,
+        sha256=sha.lower(),
+        limits=limits,
+        source=doc.file,
+        priority=priority if "priority" in spec else None,
+        max_priority=highest if "maxPriority" in spec else None,
+        allow_substitution=substitution == "allow",
     )
-
-
-def _model_patterns(doc: Doc, allow: object, field: str) -> tuple[str, ...]:
-    """An empty allow list would refuse every model; that is never what someone meant."""
-    items = list_(doc, allow, field)
-    if not items:
-        doc.fail(field, "must not be empty; use ['*'] to allow every model")
-    for i, pattern in enumerate(items):
-        if not isinstance(pattern, str) or not pattern:
-            doc.fail(f"{field}[{i}]", f"must be a non-empty string, got {show(pattern)}")
-    return tuple(str(p) for p in items)
 
 
 def _time_zone(doc: Doc, value: object) -> str:

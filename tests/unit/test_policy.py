@@ -118,7 +118,7 @@ INVALID_CASES = [
     Case("apikey-sha256-missing.yaml", 1, "spec.sha256", "is required"),
     Case("apikey-sha256-too-short.yaml", 1, "spec.sha256", "64 hex digits (the sha256 of the"),
     Case("apikey-sha256-not-hex.yaml", 1, "spec.sha256", "got a non-hex character"),
-    Case("apikey-unknown-spec-field.yaml", 1, "spec.priority", "unknown field 'priority'"),
+    Case("apikey-unknown-spec-field.yaml", 1, "spec.priorty", "did you mean 'priority'?"),
     Case("apikey-limit-per-missing.yaml", 1, f"{LIMIT0}.per", "is required for requests"),
     Case("second-document-invalid.yaml", 2, "spec.sha256", "got 10 characters"),
     Case("document-index-counts-empty-documents.yaml", 2, "spec.sha256", "got 0 characters"),

@@ -362,7 +362,7 @@ def test_unknown_kind_lists_provider_key_pool() -> None:
     with pytest.raises(PolicyError) as info:
         parse_documents(text, file="k.yaml")
     assert info.value.field == "kind"
-    assert "ModelRoute, ProviderKeyPool; got a string 'KeyPool'" in info.value.problem
+    assert "ModelRoute, ProviderKeyPool, Capacity; got a string 'KeyPool'" in info.value.problem
 
 
 def test_unquoted_timestamps_elsewhere_are_text() -> None:
