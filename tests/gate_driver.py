@@ -13,7 +13,14 @@ from extproc.gate.processor import Processor
 from extproc.gate.routes import open_processor
 from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import parse_documents
-from extproc.policy.model import ApiKey, ModelRoute, PolicySnapshot, QuotaPolicy, Route
+from extproc.policy.model import (
+    ApiKey,
+    Capacity,
+    ModelRoute,
+    PolicySnapshot,
+    QuotaPolicy,
+    Route,
+)
 from extproc.policy.prices import PriceTable
 from extproc.providers.tokens import TokenCounter
 from extproc.quota import MemoryBackend, ScopedLimit
@@ -52,6 +59,7 @@ def runtime_for(
         keys_by_sha256={d.sha256: d for d in docs if isinstance(d, ApiKey)},
         routes=tuple(d for d in docs if isinstance(d, Route)),
         model_routes=tuple(d for d in docs if isinstance(d, ModelRoute)),
+        capacities=tuple(d for d in docs if isinstance(d, Capacity)),
         version="test",
         loaded_at=0.0,
     )

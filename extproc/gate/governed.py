@@ -5,6 +5,7 @@ backends, which key, how the body goes on, who served) are `routed.RoutedRequest
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -21,18 +22,24 @@ from extproc.errors import (
 from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, check_model, expected_completion
 from extproc.gate.answers import PlainAnswer, StreamedAnswer, settle_reserved
+from extproc.gate.capacity import MAX_SLEEP_S, Turn
 from extproc.gate.encoding import decoder_for
 from extproc.gate.endpoints import Endpoint
-from extproc.gate.processor import Processor, header_map, succeeded
+from extproc.gate.priority import degrade, request_class
+from extproc.gate.processor import PRIORITY_HEADER, Processor, header_map, succeeded
 from extproc.gate.routed import RoutedRequest
 from extproc.gate.runtime import Runtime
+from extproc.policy.model import Priority
 from extproc.providers import ParsedRequest
+from extproc.providers._base import DROP
 from extproc.providers.tokens import OFFLOAD_CHARS, encoding_name_for
-from extproc.quota import Reservation
+from extproc.quota import Cost, Reservation
 from extproc.quota.clamp import at_minimum, fit_within, per_choice, room_after
 from extproc.quota.costing import Costing
 
 MAX_CLAMP_TRIES = 4  # a refusal per token/dollar limit at most; then the 429 stands
+SUBSTITUTED_HEADER = "x-tokengate-model-substituted"  # "gpt-4o -> gpt-4o-mini"
+QUEUED_HEADER = "x-tokengate-queued-ms"  # how long it waited for shared capacity
 
 
 class GovernedProcessor(Processor):
@@ -53,6 +60,10 @@ class GovernedProcessor(Processor):
         self._answer: PlainAnswer | StreamedAnswer | None = None
         self._cap: int | None = None  # the completion cap the budget allows (clamping on)
         self._route = RoutedRequest(runtime=runtime, provider=endpoint.provider)
+        self._class = Priority.STANDARD  # known once the body is parsed
+        self._turn: Turn | None = None  # its place at a shared capacity, if one covers it
+        self._capacity: Reservation | None = None  # what the capacity let it through with
+        self._forwarded = False  # the body went on (nothing was sent before)
 
     @property
     def model(self) -> str:
@@ -82,13 +93,91 @@ class GovernedProcessor(Processor):
         """A body this large is counted off-thread; ask Envoy to wait longer for it."""
         return len(msg.body) > OFFLOAD_CHARS
 
-    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse | replies.Deferred:
         assert self._tenant is not None, "Envoy sends the body only after the headers passed"
         try:
             self._admission = admission = await self._admit(self._tenant, msg)
         except ClientError as error:
             return self.refuse(error)
         self._reservation = admission.reservation
+        return await self._take_turn(admission, may_downgrade=True)
+
+    async def _take_turn(
+        self, admission: Admission, *, may_downgrade: bool
+    ) -> ep.ProcessingResponse | replies.Deferred:
+        """The shared capacity's answer: go, wait (the reply deferred), go to the cheaper
+        model (shedding), or the 429 (shed, or a wait past its class's maximum)."""
+        turn = self._turn_for(admission, may_downgrade=may_downgrade)
+        if turn is None:
+            return self._forward(admission)
+        try:
+            verdict = await turn.first()
+        except ClientError as error:  # the store is gone and the policy fails closed
+            return await self._refuse_admitted(error)
+        if verdict.error is not None:
+            return await self._refuse_admitted(verdict.error)
+        if verdict.reservation is not None:
+            return self._let_through(admission, verdict.reservation)
+        if verdict.downgrade:
+            return await self._take_turn(self._downgraded(admission, turn), may_downgrade=False)
+        wait = replies.extend_timeout_reply(turn.max_wait_s + MAX_SLEEP_S + 1)
+        return replies.Deferred(first=wait, then=self._after_wait(admission, turn))
+
+    def _turn_for(self, admission: Admission, *, may_downgrade: bool) -> Turn | None:
+        """Its place at the shared capacity covering what serves it (a route's first
+        backend), or None when no Capacity covers it."""
+        plan = self._route.plan
+        provider, model = self._provider.name, admission.request.model
+        if plan is not None:
+            provider, model = plan.backends[0].provider, plan.backends[0].model
+        capacity = self._rt.policies.current.capacity_for(provider, model)
+        if capacity is None:
+            return None
+        key = admission.tenant.caller.key
+        may_downgrade &= plan is None and (key is None or key.allow_substitution)
+        self._turn = Turn(
+            self._rt, capacity, request_id=admission.reservation.request_id,
+            klass=self._class, cost=Cost(requests=1, tokens=admission.reservation.cost.tokens),
+            fail_mode=admission.tenant.policy.fail_mode, may_downgrade=may_downgrade,
+        )  # fmt: skip
+        self._headers[PRIORITY_HEADER] = self._class.value
+        return self._turn
+
+    async def _after_wait(self, admission: Admission, turn: Turn) -> ep.ProcessingResponse:
+        try:
+            reservation = await turn.wait()
+        except ClientError as error:
+            return await self._refuse_admitted(error)
+        return self._let_through(admission, reservation)
+
+    def _downgraded(self, admission: Admission, turn: Turn) -> Admission:
+        """Shedding: a standard request goes to its capacity's cheaper model (charged at
+        its price), and to the capacity that covers that model, if any."""
+        cheaper = turn.capacity.cheaper_model(admission.request.model)
+        assert cheaper is not None, "shedding downgrades only a model with a cheaper one"
+        self._rt.metrics.degraded.labels(admission.tenant.namespace, "capacity").inc()
+        request = self._substitute(admission.request, cheaper)
+        costing = Costing.for_request(self._rt.prices, admission.tenant.limits, cheaper)
+        self._admission = dataclasses.replace(admission, request=request, costing=costing)
+        return self._admission
+
+    def _let_through(self, admission: Admission, capacity: Reservation) -> ep.ProcessingResponse:
+        self._capacity = capacity
+        if self._turn is not None:
+            waited_ms = (time.time() - self._turn.arrived) * 1000
+            self._headers[QUEUED_HEADER] = str(round(waited_ms))
+        return self._forward(admission)
+
+    async def _refuse_admitted(self, error: ClientError) -> ep.ProcessingResponse:
+        """Refused after the caller's own quota let it through: nothing was sent, so all it
+        reserved comes back but the request itself."""
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            await self._rt.store.release(reservation)
+        return self.refuse(error)
+
+    def _forward(self, admission: Admission) -> ep.ProcessingResponse:
+        self._forwarded = True
         cap = self._cap_to_write(admission.request)
         if cap is not None:
             self._headers["x-tokengate-max-tokens"] = str(cap)
@@ -111,6 +200,9 @@ class GovernedProcessor(Processor):
             raise
         self._model = parsed.model
         check_model(tenant, parsed.model)
+        asked = self._request_headers.get(PRIORITY_HEADER)
+        self._class = request_class(tenant.policy, tenant.caller.key, asked)
+        parsed = self._within_budget(tenant, parsed)
         prompt = await self._count_prompt(parsed)
         chain = self._route.chain(tenant, parsed, prompt, endpoint=self._endpoint.name)
         costing = (
@@ -132,6 +224,31 @@ class GovernedProcessor(Processor):
             prompt_tokens=prompt,
             reservation=reservation, admitted_at=time.perf_counter(),
         )  # fmt: skip
+
+    def _within_budget(self, tenant: Tenant, parsed: ParsedRequest) -> ParsedRequest:
+        """The model its budget lets it have (a policy's degrade thresholds), and no
+        `priority` field of its own: the class is the gateway's to decide."""
+        if "priority" in parsed.body:
+            parsed = dataclasses.replace(parsed, rewrites={**parsed.rewrites, "priority": DROP})
+        if not tenant.policy.degrade:
+            return parsed
+        fills = self._rt.usage_seen.fills(tenant.namespace)
+        chosen = degrade(
+            tenant.policy, tenant.caller.key, self._class, parsed.model, fills, now=time.time()
+        )
+        if chosen.threshold is None:
+            return parsed
+        check_model(tenant, chosen.model)
+        self._rt.metrics.degraded.labels(tenant.namespace, "budget").inc()
+        return self._substitute(parsed, chosen.model)
+
+    def _substitute(self, parsed: ParsedRequest, model: str) -> ParsedRequest:
+        """Served by `model` instead, said to the client, charged at its price."""
+        self._headers[SUBSTITUTED_HEADER] = f"{parsed.model} -> {model}"
+        self._model = model
+        return dataclasses.replace(
+            parsed, model=model, rewrites={**parsed.rewrites, "model": model}
+        )
 
     async def _reserve_answer(
         self, tenant: Tenant, parsed: ParsedRequest, costing: Costing, prompt: int
@@ -164,6 +281,7 @@ class GovernedProcessor(Processor):
                 )
             want = part = min(part, per_choice(fit, times))
             decision = await self.decide(tenant, costing.estimate(prompt, part * times))
+        self._rt.usage_seen.record(tenant.policy, decision.states, now=time.time())
         if decision.refusal is not None:
             raise self.refused(tenant, decision.refusal)
         assert decision.reservation is not None
@@ -238,15 +356,24 @@ class GovernedProcessor(Processor):
     @property
     def holds(self) -> bool:
         answer_holds = self._answer is not None and self._answer.holds
-        return self._reservation is not None or answer_holds or self._route.holds
+        capacity = self._capacity is not None or (self._turn is not None and self._turn.waiting)
+        return self._reservation is not None or answer_holds or self._route.holds or capacity
 
     async def settle_at_end(self) -> None:
         self._route.finish()
+        if self._turn is not None and self._turn.waiting:  # its client left while it waited
+            self._turn.gone()
+            await self._turn.leave()
         reservation, self._reservation = self._reservation, None
-        if reservation is not None:  # admitted, no answer yet: charged as reserved
+        if reservation is not None and not self._forwarded:  # nothing was sent
+            await self._rt.store.release(reservation)
+        elif reservation is not None:  # admitted, no answer yet: charged as reserved
             await self._rt.store.settle(reservation, reservation.cost)
         if self._answer is not None:
             await self._answer.settle()
+        capacity, self._capacity = self._capacity, None
+        if capacity is not None:  # the provider's count: the request as it was let through
+            await self._rt.store.settle(capacity, capacity.cost)
 
 
 def _is_stream(response_headers: Mapping[str, str]) -> bool:

@@ -75,7 +75,7 @@ class Processor(abc.ABC):
 
     async def dispatch(
         self, phase: str, request: ep.ProcessingRequest
-    ) -> ep.ProcessingResponse | None:
+    ) -> ep.ProcessingResponse | replies.Deferred | None:
         """One ext_proc message -> its reply, by phase (`request.WhichOneof("request")`);
         None for a message that needs none."""
         if phase == "request_headers":
@@ -145,7 +145,7 @@ class Processor(abc.ABC):
         """Whether to ask Envoy for a longer timeout before answering this body."""
         return False
 
-    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse | replies.Deferred:
         return replies.REQUEST_BODY_CONTINUE
 
     @abc.abstractmethod
@@ -197,7 +197,7 @@ class Processor(abc.ABC):
         decision = await self._rt.store.reserve(
             self._rt.next_request_id(), tenant.limits, cost, tenant.policy.fail_mode
         )
-        self._headers = ratelimit_headers(decision.states)
+        self._headers.update(ratelimit_headers(decision.states))  # keeps what else it says
         return decision
 
     def refused(self, tenant: Tenant, refusal: Refusal) -> RateLimited:

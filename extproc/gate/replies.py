@@ -6,7 +6,8 @@ serialised, never mutated after construction).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -180,3 +181,12 @@ def extend_timeout_reply(seconds: float) -> ep.ProcessingResponse:
             seconds=whole, nanos=int((seconds - whole) * 1e9)
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A reply that must wait (a request queued for shared capacity): `first` goes to Envoy
+    now (it extends the message timeout), `then` is awaited for the real reply."""
+
+    first: ep.ProcessingResponse
+    then: Coroutine[Any, Any, ep.ProcessingResponse]

@@ -13,6 +13,7 @@ from extproc.backends.memory import MemoryHealth
 from extproc.gate.credentials import Secret
 from extproc.gate.identity import Caller
 from extproc.gate.key_ring import KeyChooser, KeyRing
+from extproc.gate.priority import UsageSeen
 from extproc.policy.model import PolicySnapshot
 from extproc.policy.overrides import OverrideBook
 from extproc.policy.prices import PriceTable
@@ -67,6 +68,8 @@ class Runtime:
     # Provider key pools: the keys read from their files (swapped whole), and the turns.
     keys: Current[KeyRing] = field(default_factory=lambda: Current(KeyRing()))
     key_chooser: KeyChooser = field(default_factory=KeyChooser)
+    # How full each namespace's limits were at its last decision (budget degradation).
+    usage_seen: UsageSeen = field(default_factory=UsageSeen)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: os.urandom(6).hex())
 

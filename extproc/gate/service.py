@@ -52,8 +52,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 except Exception as exc:  # noqa: BLE001 - a bug must still answer the client
                     reply = processor.internal_error(exc)
                 timer = self._phase_seconds.get(phase)
-                if timer is not None:
+                if timer is not None:  # a queued request's wait is timed by the queue
                     timer.observe(time.perf_counter() - started)
+                if isinstance(reply, replies.Deferred):
+                    yield reply.first
+                    reply = await _later(processor, reply)
                 if reply is not None:
                     yield reply
         finally:
@@ -73,3 +76,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.settling.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("settling a request failed", exc_info=task.exception())
+
+
+async def _later(processor: Processor, deferred: replies.Deferred) -> ep.ProcessingResponse:
+    try:
+        return await deferred.then
+    except Exception as exc:  # noqa: BLE001 - a bug must still answer the client
+        return processor.internal_error(exc)

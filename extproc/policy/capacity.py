@@ -42,8 +42,10 @@ from extproc.policy.model import (
 from extproc.policy.model_routes import model_name
 from extproc.policy.routes import PROVIDERS
 
-MAX_WAIT_S = 600  # nothing waits in the queue longer than ten minutes
+# Nothing waits in the queue longer than five minutes: Envoy holds the request that long
+# (its ext_proc max_message_timeout, 310 s, must exceed it: envoy/local.yaml, the chart).
 _FIELDS = ("provider", "models", "limits", "maxWait", "shedding")
+MAX_WAIT_S = 300
 _SHEDDING_FIELDS = ("refuseBatchAfter", "downgradeStandardAfter", "cheaper")
 _DEGRADE_FIELDS = ("limit", "at", "models", "refuse")
 _CLASSES = tuple(p.value for p in Priority)

@@ -13,6 +13,9 @@ from extproc.providers.sse import Event
 # Sanity bound on a requested answer length: larger values are a bug or an attack, not a
 # real model's output window.
 MAX_OUTPUT_TOKENS = 1_000_000
+# A rewrite that removes the field (e.g. a client's `priority`, which is the gateway's to
+# decide and which providers refuse).
+DROP: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +29,7 @@ class ParsedRequest:
     prompt_texts: tuple[str, ...]  # text to count with the model's tokenizer
     framing_tokens: int  # per-message overhead and fixed estimates (images, documents, …)
     # Fields to set in the body before it goes upstream (e.g. OpenAI streams asked to report
-    # usage); empty: nothing to change.
+    # usage; `DROP` removes one); empty: nothing to change.
     rewrites: Mapping[str, Any] = field(default_factory=dict)
     # The client did not ask for the usage event we made the provider send: hide it.
     hide_usage_event: bool = False
@@ -53,7 +56,8 @@ class ParsedRequest:
             changes[self.cap_field] = cap
         if not changes:
             return None
-        return json.dumps({**self.body, **changes}, separators=(",", ":")).encode()
+        sent = {k: v for k, v in {**self.body, **changes}.items() if v is not DROP}
+        return json.dumps(sent, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)

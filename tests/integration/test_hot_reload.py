@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from extproc.gate.credentials import CredentialSource
+from extproc.gate.replies import Deferred
 from extproc.gate.runtime import CredentialsHolder, Limits, Runtime, SnapshotHolder
 from extproc.policy import load_directory
 from extproc.providers.tokens import TokenCounter
@@ -304,6 +305,7 @@ async def _flow(rt: Runtime) -> Seen:
     await asyncio.sleep(0)  # let the reloader swap between this request's phases
     at_body = rt.policies.current.version
     reply = await processor.on_request_body(em.body(CHAT))
+    assert not isinstance(reply, Deferred), "no capacity is declared: nothing waits"
     refusal = None
     if reply.HasField("immediate_response"):
         assert reply.immediate_response.status.code == 429

@@ -119,7 +119,7 @@ INVALID_CASES = [
         "spec.maxWait.standard",
         "must be a duration like 0s, 2s, 30s or 1m (a number and s|m|h), got an integer 10",
     ),
-    Case("max-wait-too-long.yaml", "spec.maxWait.batch", "must be between 0s and 600s, got 11m"),
+    Case("max-wait-too-long.yaml", "spec.maxWait.batch", "must be between 0s and 300s, got 11m"),
     Case("max-wait-months.yaml", "spec.maxWait.batch", "got a string '1mo'"),
     Case(
         "max-wait-interactive-over-default.yaml",
@@ -141,7 +141,7 @@ INVALID_CASES = [
     ),
     Case("shedding-not-mapping.yaml", SHED, "must be a mapping, got a list"),
     Case("shedding-unknown-field.yaml", f"{SHED}.refuseBatch", "did you mean 'refuseBatchAfter'?"),
-    Case("refuse-batch-zero.yaml", f"{SHED}.refuseBatchAfter", "between 1s and 600s, got 0s"),
+    Case("refuse-batch-zero.yaml", f"{SHED}.refuseBatchAfter", "between 1s and 300s, got 0s"),
     Case(
         "refuse-batch-never-fires.yaml",
         f"{SHED}.refuseBatchAfter",

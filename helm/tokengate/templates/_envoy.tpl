@@ -154,7 +154,9 @@ static_resources:
               # model route's x-envoy-max-retries.
               mutation_rules: {allow_envoy: true}
               message_timeout: 1s
-              max_message_timeout: 10s
+              # A request queued for shared capacity holds its body reply up to its class's
+              # longest wait (a Capacity's maxWait, at most 300 s).
+              max_message_timeout: 310s
               metadata_options:
                 # tokengate: reply marks; tokengate.route: a model route for the attempts.
                 receiving_namespaces: {untyped: [tokengate, tokengate.route]}
