@@ -17,7 +17,7 @@ DEFAULT_SERVER = "127.0.0.1:50052"
 EVENT_KINDS = (
     "refusal", "cut", "store_down", "store_up", "reload", "reload_error", "override", "reset",
     "backend_opened", "backend_reopened", "backend_closed", "key_expiring", "key_disabled",
-    "key_budget_spent",
+    "key_budget_spent", "shed",
 )  # fmt: skip
 
 

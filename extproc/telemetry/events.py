@@ -20,6 +20,7 @@ class Event:
     kind: str  # refusal | cut | store_down | store_up | reload | reload_error | override | reset
     #            | backend_opened | backend_reopened | backend_closed (model routes)
     #            | key_expiring | key_disabled | key_budget_spent (provider key pools)
+    #            | shed (a shared capacity refused or downgraded a request)
     message: str
     namespace: str = ""
     key: str = ""
