@@ -266,3 +266,41 @@ class Event(_message.Message):
     limit: str
     message: str
     def __init__(self, at: _Optional[float] = ..., kind: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., limit: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetQueueRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClassQueue(_message.Message):
+    __slots__ = ("priority_class", "depth", "oldest_wait_seconds", "max_wait_seconds")
+    PRIORITY_CLASS_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    priority_class: str
+    depth: int
+    oldest_wait_seconds: float
+    max_wait_seconds: float
+    def __init__(self, priority_class: _Optional[str] = ..., depth: _Optional[int] = ..., oldest_wait_seconds: _Optional[float] = ..., max_wait_seconds: _Optional[float] = ...) -> None: ...
+
+class CapacityQueue(_message.Message):
+    __slots__ = ("name", "provider", "models", "classes", "limits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    provider: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    classes: _containers.RepeatedCompositeFieldContainer[ClassQueue]
+    limits: _containers.RepeatedCompositeFieldContainer[LimitUsage]
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[_Union[ClassQueue, _Mapping]]] = ..., limits: _Optional[_Iterable[_Union[LimitUsage, _Mapping]]] = ...) -> None: ...
+
+class GetQueueResponse(_message.Message):
+    __slots__ = ("capacities", "store_up")
+    CAPACITIES_FIELD_NUMBER: _ClassVar[int]
+    STORE_UP_FIELD_NUMBER: _ClassVar[int]
+    capacities: _containers.RepeatedCompositeFieldContainer[CapacityQueue]
+    store_up: bool
+    def __init__(self, capacities: _Optional[_Iterable[_Union[CapacityQueue, _Mapping]]] = ..., store_up: _Optional[bool] = ...) -> None: ...

@@ -74,6 +74,11 @@ class ControlStub:
                 request_serializer=control__pb2.GetBackendsRequest.SerializeToString,
                 response_deserializer=control__pb2.GetBackendsResponse.FromString,
                 _registered_method=True)
+        self.GetQueue = channel.unary_unary(
+                '/tokengate.control.v1.Control/GetQueue',
+                request_serializer=control__pb2.GetQueueRequest.SerializeToString,
+                response_deserializer=control__pb2.GetQueueResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -135,6 +140,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +188,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetBackends,
                     request_deserializer=control__pb2.GetBackendsRequest.FromString,
                     response_serializer=control__pb2.GetBackendsResponse.SerializeToString,
+            ),
+            'GetQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueue,
+                    request_deserializer=control__pb2.GetQueueRequest.FromString,
+                    response_serializer=control__pb2.GetQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +411,33 @@ class Control:
             '/tokengate.control.v1.Control/GetBackends',
             control__pb2.GetBackendsRequest.SerializeToString,
             control__pb2.GetBackendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokengate.control.v1.Control/GetQueue',
+            control__pb2.GetQueueRequest.SerializeToString,
+            control__pb2.GetQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,7 @@ from grpc import aio as grpc_aio
 from extproc.backends.health import BackendState
 from extproc.control import control_pb2 as pb
 from extproc.control import control_pb2_grpc as pb_grpc
+from extproc.control.queue_view import queue_view
 from extproc.errors import ConfigError, PolicyError, QuotaStoreError
 from extproc.gate.runtime import Runtime
 from extproc.policy.loader import validate_file
@@ -187,6 +188,10 @@ class ControlService(pb_grpc.ControlServicer):
         return pb.GetBackendsResponse(
             backends=[_backend(state, routes[state.backend]) for state in states], store_up=True
         )
+
+    async def GetQueue(self, request: pb.GetQueueRequest, context: Any) -> pb.GetQueueResponse:
+        """Every shared capacity's queue by class (`queue_view`)."""
+        return await queue_view(self._rt)
 
     async def ValidatePolicy(
         self, request: pb.ValidatePolicyRequest, context: Any

@@ -104,6 +104,7 @@ def build_parser(*, description: str) -> argparse.ArgumentParser:
     _caller_arguments(reset)
     reset.add_argument("--reason", type=values.parse_nonblank, required=True, metavar="TEXT")
     command(group, "backends", commands.backends, "model routes' backends: breaker, headroom")
+    command(group, "queue", commands.queue, "shared capacities: who waits, by class")
     events = command(group, "events", commands.events, "live enforcement events")
     events.add_argument(
         "--kind", action="append", choices=EVENT_KINDS, default=[],

@@ -111,6 +111,15 @@ def backends(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def queue(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        response = conn.call(conn.api.GetQueue, pb.GetQueueRequest())
+    if not response.store_up:
+        raise CtlError("the quota store did not answer", exit_code=EXIT_UNREACHABLE)
+    _print(args, response, out.queue_table(response))
+    return EXIT_OK
+
+
 def events(args: argparse.Namespace) -> int:
     """The stream has no deadline (it is a live tail); `--count N` ends it after N events."""
     with connect(args) as conn:

@@ -36,6 +36,7 @@ class ControlApi(Protocol):
     ResetUsage: grpc.UnaryUnaryMultiCallable[pb.ResetUsageRequest, pb.ResetUsageResponse]
     WatchEvents: grpc.UnaryStreamMultiCallable[pb.WatchEventsRequest, pb.Event]
     GetBackends: grpc.UnaryUnaryMultiCallable[pb.GetBackendsRequest, pb.GetBackendsResponse]
+    GetQueue: grpc.UnaryUnaryMultiCallable[pb.GetQueueRequest, pb.GetQueueResponse]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,6 +12,8 @@ Commands:
                                         while (AMOUNT in the limit's unit; '$2.50' for usd)
   reset NAMESPACE [--key NAME] --reason TEXT
                                         reset a caller's counters
+  backends                              model routes' backends: breaker state, headroom
+  queue                                 shared capacities: who waits, by class, and limits
   events [--kind KIND ...] [--count N]  live enforcement events, one per line
 
 Global options (before or after the command): --server HOST:PORT, --token-file PATH,

@@ -184,6 +184,26 @@ def backends_table(response: pb.GetBackendsResponse) -> str:
     return table(headers, rows)
 
 
+def queue_table(response: pb.GetQueueResponse) -> str:
+    """One line per capacity and class: how many wait, the longest wait against the
+    class's maximum, then the capacity's limits."""
+    if not response.capacities:
+        return "no Capacity is defined: nothing queues\n"
+    rows = [
+        (
+            c.name,
+            q.priority_class,
+            str(q.depth),
+            duration(q.oldest_wait_seconds) if q.depth else NONE,
+            duration(q.max_wait_seconds),
+            ", ".join(f"{u.name} {u.used:,}/{u.limit:,}" for u in c.limits) if i == 0 else "",
+        )
+        for c in response.capacities
+        for i, q in enumerate(c.classes)
+    ]
+    return table(("CAPACITY", "CLASS", "WAITING", "LONGEST WAIT", "MAX WAIT", "LIMITS"), rows)
+
+
 def policy_text(response: pb.GetPolicyResponse) -> str:
     namespaces = ", ".join(response.namespaces) or NONE
     fields = [

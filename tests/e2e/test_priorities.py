@@ -21,8 +21,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import openai
@@ -275,6 +277,8 @@ def test_a_rising_queue_sheds_background_then_batch_then_downgrades_standard(
 
     async def rise() -> list[httpx.Response]:
         loop = asyncio.get_running_loop()
+        # Every request below blocks a thread while it waits: enough for all at once.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=16))
         holder = loop.run_in_executor(None, functools.partial(send, "interactive", hold_ms=9000))
         waiting: list[asyncio.Future[httpx.Response]] = []
         steps = []
@@ -285,8 +289,10 @@ def test_a_rising_queue_sheds_background_then_batch_then_downgrades_standard(
                 waiting.append(loop.run_in_executor(None, send, "interactive"))
                 await _until_queued(single, len(waiting))
             steps.append(await loop.run_in_executor(None, send, klass))
+        shown.update(await loop.run_in_executor(None, _ctl_queue, single))
         return [*steps, await holder, *[await w for w in waiting]]
 
+    shown: dict[str, object] = {}
     answers = asyncio.run(rise())
     background, batch, standard, holder, *interactive = answers
     assert (background.status_code, batch.status_code) == (429, 429)
@@ -295,11 +301,27 @@ def test_a_rising_queue_sheds_background_then_batch_then_downgrades_standard(
     assert holder.status_code == 200 and all(r.status_code == 200 for r in interactive)
     assert all("x-tokengate-model-substituted" not in r.headers for r in interactive)
     events = watcher.sheds(3)
+    capacities: list[dict[str, Any]] = shown["capacities"]  # type: ignore[assignment]
+    depths = {c["priority_class"]: c["depth"] for c in capacities[0]["classes"]}
+    assert depths == {"interactive": 5, "standard": 0, "batch": 0, "background": 0}
+    assert capacities[0]["limits"][0]["used"] == 1  # the request holding the only slot
     assert [(e["limit"], e["message"].split(": ")[1].split(" (")[0]) for e in events] == [
         ("background", "background refused"),
         ("batch", "batch refused"),
         ("standard", "standard downgraded"),
     ]
+
+
+def _ctl_queue(stack: LocalStack) -> dict[str, object]:
+    """`tokengate ctl queue --output json`, as an operator runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "extproc", "ctl", "--server",
+         f"127.0.0.1:{stack.ports['control']}", "--token-file", str(stack.control_token_file),
+         "queue", "--output", "json"],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    shown: dict[str, object] = json.loads(done.stdout)
+    return shown
 
 
 async def _until_queued(stack: LocalStack, depth: int) -> None:
