@@ -34,9 +34,20 @@ HOLD_S = 3.0  # a place outlives the longest sleep several times over
 CONCURRENT_TURN_S = 1.0  # a lease's expected hold when a capacity has no rate to go by
 
 
+_LIMITS: dict[int, tuple[Capacity, tuple[ScopedLimit, ...]]] = {}  # id -> (it, its limits)
+
+
 def capacity_limits(capacity: Capacity) -> tuple[ScopedLimit, ...]:
+    """The capacity's counters (built once per snapshot's Capacity, not per request)."""
+    known = _LIMITS.get(id(capacity))
+    if known is not None and known[0] is capacity:
+        return known[1]
+    if len(_LIMITS) > 1000:  # reloads replace capacities: forget the old ones
+        _LIMITS.clear()
     scope = Scope(namespace=CAPACITY_SCOPE + capacity.name)
-    return tuple(ScopedLimit(scope, limit) for limit in capacity.limits)
+    limits = tuple(ScopedLimit(scope, limit) for limit in capacity.limits)
+    _LIMITS[id(capacity)] = (capacity, limits)
+    return limits
 
 
 def turn_s(capacity: Capacity, cost: Cost) -> float:
@@ -91,6 +102,9 @@ class Turn:
             hold_s=HOLD_S if self.max_wait_s > 0 else 0.001,
         )  # fmt: skip
         self._placed = False  # its ticket is in the store's queue
+        # Only a concurrency limit needs its reservation back at the end; rates are taken
+        # and kept (as providers count a request when it arrives): nothing to settle.
+        self.keeps = any(limit.period_s is None for limit in capacity.limits)
         self._labels = (capacity.name, klass.value)
 
     async def first(self) -> Verdict:
@@ -166,8 +180,9 @@ class Turn:
 
     async def _ask(self) -> Decision:
         return await self._rt.store.reserve(
-            f"{self._id}:cap", self._limits, self._cost, self._fail_mode, ticket=self._ticket
-        )
+            f"{self._id}:cap", self._limits, self._cost, self._fail_mode,
+            ticket=self._ticket, keep=self.keeps,
+        )  # fmt: skip
 
     def _estimate(self, decision: Decision) -> float:
         ahead = max(0, decision.ahead)

@@ -138,15 +138,19 @@ class FailoverStore(QuotaStore):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        *,
         ticket: Ticket | None = None,
+        keep: bool = True,
     ) -> Decision:
         if self._shared is None:
-            return await self._local.reserve(request_id, limits, cost, ticket=ticket)
+            return await self._local.reserve(request_id, limits, cost, ticket=ticket, keep=keep)
         refusal = UNREACHABLE
         async with self._slots:
             if self._try_shared():
                 try:
-                    decision = await self._shared.reserve(request_id, limits, cost, ticket=ticket)
+                    decision = await self._shared.reserve(
+                        request_id, limits, cost, ticket=ticket, keep=keep
+                    )
                 except LoopStarved as exc:
                     self._starved(exc)
                     refusal = OVERLOADED
@@ -161,7 +165,7 @@ class FailoverStore(QuotaStore):
                     self._mark(True)
                     return _tagged(decision, SHARED)
         decision = await self._fallback(
-            request_id, limits, cost, fail_mode, refusal=refusal, ticket=ticket
+            request_id, limits, cost, fail_mode, refusal=refusal, ticket=ticket, keep=keep
         )
         return _tagged(decision, LOCAL)
 
@@ -192,13 +196,14 @@ class FailoverStore(QuotaStore):
         *,
         refusal: str = UNREACHABLE,
         ticket: Ticket | None = None,
+        keep: bool = True,
     ) -> Decision:
         """`refusal`: what a fail-closed caller is told. A ticket queues in this sidecar's
         own queue meanwhile (the fleet-wide order is the shared store's)."""
         self._metrics.fail_mode_decisions.labels(fail_mode.value).inc()
         if fail_mode is FailMode.CLOSED:
             raise Unavailable(refusal)
-        return await self._local.reserve(request_id, limits, cost, ticket=ticket)
+        return await self._local.reserve(request_id, limits, cost, ticket=ticket, keep=keep)
 
     async def debit(
         self, reservation: Reservation, extra: Cost, fail_mode: FailMode = FailMode.CLOSED

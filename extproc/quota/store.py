@@ -136,12 +136,15 @@ class QuotaStore(Protocol):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        *,
         ticket: Ticket | None = None,
+        keep: bool = True,
     ) -> Decision:
         """Atomically check every limit and, only if all allow it, take `cost` from each.
         With a `ticket` (a shared capacity's queue, `queue.py`), only if the limits also
         have room for every ticket ahead of it; refused, the ticket takes or keeps its
-        place; allowed, it leaves the queue."""
+        place; allowed, it leaves the queue. `keep` False: take without keeping a record
+        (nothing is settled later; windowed limits only: a lease needs its record)."""
         ...
 
     async def leave(self, limits: Sequence[ScopedLimit], member: str) -> None:

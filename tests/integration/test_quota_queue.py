@@ -6,6 +6,8 @@ loses it after its hold; leaving takes it out at once; a newcomer never overtake
 from __future__ import annotations
 
 from extproc.policy.model import Measure
+from extproc.quota.backends.memory import MemoryBackend
+from extproc.quota.backends.redis import RedisBackend
 from extproc.quota.store import Cost, QuotaStore, Ticket
 from extproc.quota.windows import Scope
 from tests.integration.quota_semantics import T0, BackendFactory, FakeClock, allowed, lim, refused
@@ -78,3 +80,33 @@ def test_a_holder_that_stops_asking_loses_its_place_and_leaving_is_at_once(
         assert allowed(await store.reserve("waits", inflight, ONE, ticket=_ticket("waits", T0 + 7)))
 
     backend_factory.run(clock, scenario)
+
+
+def test_a_take_counts_without_keeping_anything_to_settle(
+    backend_factory: BackendFactory,
+) -> None:
+    """How a capacity with rate limits only takes its turn: the request is counted, and no
+    reservation record is left for anyone to settle or sweep."""
+    clock = FakeClock(T0 + 1)
+    rpm = [lim("rpm", Measure.REQUESTS, 2, 60, scope=CAPACITY)]
+
+    async def scenario(store: QuotaStore) -> None:
+        for name in "ab":
+            taken = await store.reserve(name, rpm, ONE, ticket=_ticket(name, T0 + 9), keep=False)
+            assert allowed(taken)
+        assert refused(await store.reserve("c", rpm, ONE, keep=False)).retry_after > 0
+        assert [s.used for s in await store.peek(rpm)] == [2]
+        assert await _records(store) == 0
+
+    backend_factory.run(clock, scenario)
+
+
+async def _records(store: QuotaStore) -> int:
+    """Reservation records the store keeps (open, to be settled)."""
+    if isinstance(store, MemoryBackend):
+        return store.open_reservations()
+    assert isinstance(store, RedisBackend)
+    client = store._client
+    return len([k async for k in client.scan_iter(match="tg:*:res:*")]) + int(
+        await client.zcard("tg:{ns:cap:openai-tier}:open")
+    )

@@ -27,6 +27,7 @@ NAMESPACE = "bench"
 MODEL = "gpt-4o-mini"
 ALIAS_MODEL = "bench-alias"  # a ModelRoute with one backend: the provider route, renamed
 FAILOVER_MODEL = "bench-failover"  # a ModelRoute with a fallback: the upstream phase
+CAPACITY_MODEL = "bench-capacity"  # a Capacity covers it, with room: no queue ever forms
 PROMPT = "Summarise the quarterly platform report in three short bullet points for the team."
 MOCK_HEADER = "x-bench-upstream"
 # What a provider returns for the plain request: about 50 tokens of answer plus usage.
@@ -80,6 +81,16 @@ metadata: {{name: with-fallback}}
 spec:
   model: {FAILOVER_MODEL}
   backends: [{{provider: openai, model: {MODEL}}}, {{provider: openai, model: gpt-4o}}]
+---
+apiVersion: tokengate.dev/v1
+kind: Capacity
+metadata: {{name: bench-tier}}
+spec:
+  provider: openai
+  models: [{CAPACITY_MODEL}]
+  limits:
+    - {{name: rpm, requests: 1000000000, per: 1m, algorithm: bucket}}
+    - {{name: tpm, tokens: 1000000000000, per: 1m, algorithm: bucket}}
 """
 
 

@@ -212,13 +212,18 @@ VARIANTS = {
                                                                            "asyncio")),
     "tokengate: 2 workers, Redis": SidecarOptions(workers=2),
 }  # fmt: skip
-# Model routes, on the in-process stack: an alias takes the provider route with the model
-# renamed; a route with a fallback sends each attempt through the upstream phase.
+# Other requests on a variant's stack: an alias takes the provider route with the model
+# renamed; a route with a fallback sends each attempt through the upstream phase; a model a
+# Capacity covers takes its turn there (with room: the cost of queueing when none forms).
 Target = tuple[Driver, str] | tuple[Driver, str, Path]  # (driver, gateway[, request file])
 ROUTED = {
-    "tokengate: in-process, ModelRoute alias": configs.ALIAS_MODEL,
-    "tokengate: in-process, ModelRoute with a fallback": configs.FAILOVER_MODEL,
-}
+    "tokengate: in-process, ModelRoute alias": (GOVERNED_MEMORY, configs.ALIAS_MODEL),
+    "tokengate: in-process, ModelRoute with a fallback": (
+        GOVERNED_MEMORY, configs.FAILOVER_MODEL,
+    ),
+    "tokengate: in-process, a Capacity with room": (GOVERNED_MEMORY, configs.CAPACITY_MODEL),
+    "tokengate: Redis, a Capacity with room": (GOVERNED_REDIS, configs.CAPACITY_MODEL),
+}  # fmt: skip
 
 
 def _process_model(
@@ -241,11 +246,10 @@ def _process_model(
         for index, (label, options) in enumerate(VARIANTS.items()):
             stack = stacks.enter_context(_stack(root / f"variant{index}", vocab, cores, options))
             targets[label] = (Driver(driver.loadgen, stack, root / f"variant{index}"), "governed")
-        memory = targets[GOVERNED_MEMORY][0]
-        for label, model in ROUTED.items():
+        for label, (variant, model) in ROUTED.items():
             path = root / f"request-{model}.http"
             path.write_bytes(configs.http_request(stream=False, model=model))
-            targets[label] = (memory, "governed", path)
+            targets[label] = (targets[variant][0], "governed", path)
         saturated = _rotated(plan, targets, Load(plan.saturation_connections, plan.seconds))
         equal = {"bare": (driver, "bare")} | {
             label: targets[label] for label in (FLOOR, GOVERNED_REDIS, GOVERNED_MEMORY)

@@ -85,7 +85,9 @@ class MemoryBackend(QuotaStore):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        *,
         ticket: Ticket | None = None,
+        keep: bool = True,
     ) -> Decision:
         now = self._clock()
         self._expire(now)
@@ -113,12 +115,14 @@ class MemoryBackend(QuotaStore):
         windows = []
         for meter, need in zip(meters, needs, strict=True):
             if isinstance(meter, Leases):
+                assert keep, "a lease without its record would never be returned"
                 meter.lease(request_id, deadline)
                 windows.append(0)
             else:  # the window is recorded even for a zero need: a debit may fill it later
                 windows.append(meter.take(need, now))
         reservation = Reservation(request_id, tuple(limits), tuple(windows), cost)
-        self._hold(reservation, deadline)
+        if keep:
+            self._hold(reservation, deadline)
         return Decision(reservation, None, states(limits, meters, now), ahead=ahead)
 
     async def debit(

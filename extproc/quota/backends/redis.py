@@ -148,13 +148,16 @@ class RedisBackend(QuotaStore):
         limits: Sequence[ScopedLimit],
         cost: Cost,
         fail_mode: FailMode = FailMode.CLOSED,
+        *,
         ticket: Ticket | None = None,
+        keep: bool = True,
     ) -> Decision:
         needs = [need_of(s, cost) for s in limits]
-        answer = await self._run("reserve", request_id, limits, needs, ticket=ticket)
+        op = "reserve" if keep else "take"
+        answer = await self._run(op, request_id, limits, needs, ticket=ticket)
         reservation = Reservation(request_id, tuple(limits), tuple(0 for _ in limits), cost)
         decision = _decision(answer, limits, needs, reservation)
-        if decision.allowed and self._liveness is not None:
+        if decision.allowed and keep and self._liveness is not None:
             self._liveness.hold(request_id, _namespace(limits))
         return decision
 

@@ -11,7 +11,7 @@
 -- Every key carries the namespace hash tag, so all of them live in one Cluster slot. Records
 -- and index keys the script names itself (expired or orphaned reservations) share the tag.
 --
--- ARGV[1] op: reserve | debit | settle | peek ARGV[2] now override ("" = server TIME)
+-- ARGV[1] op: reserve | take | debit | settle | peek   ARGV[2] now override ("" = server TIME)
 -- ARGV[3] request id                          ARGV[4] lease TTL seconds
 -- ARGV[5] the limits, `;`-separated, each 7 `,`-separated values (one argument instead of
 --   7 per limit: packing arguments is most of the client's cost per call):
@@ -32,6 +32,9 @@ if redis.replicate_commands then redis.replicate_commands() end
 local function fmt(x) return string.format('%.17g', x) end
 
 local op, request_id, ttl = ARGV[1], ARGV[3], tonumber(ARGV[4])
+-- take: a reserve that keeps no record (nothing to settle: windowed limits only)
+local keep = op ~= 'take'
+if op == 'take' then op = 'reserve' end
 local specs = {}
 for spec in string.gmatch(ARGV[5], '[^;]+') do
   local f = {}
@@ -323,8 +326,10 @@ for i = 1, n do
     local window = 0
     -- the window is recorded even for a zero need: a stream's debit may fill it later
     if kind ~= 'B' or need > 0 then window = take(kind, key, cap, period, need, c1, c2, c3, deadline) end
-    redis.call('HSET', record_key, p .. 'k', key, p .. 'd', kind, p .. 'm', cap, p .. 'p', period,
-      p .. 'w', window, p .. 'a', need)
+    if keep then
+      redis.call('HSET', record_key, p .. 'k', key, p .. 'd', kind, p .. 'm', cap, p .. 'p', period,
+        p .. 'w', window, p .. 'a', need)
+    end
   elseif kind == 'L' then
     if live then
       redis.call('ZADD', key, 'XX', fmt(deadline), request_id)
@@ -338,12 +343,12 @@ for i = 1, n do
   local u, reset = inspect(kind, key, cap, period, 0, c1, c2, c3)
   out[#out + 1] = u; out[#out + 1] = fmt(reset)
 end
-if live then
+if live and keep then
   redis.call('HSET', record_key, 'n', n)
   redis.call('PEXPIRE', record_key, math.ceil(ttl * 1000) + 86400000)
   redis.call('ZADD', open_key, fmt(deadline), request_id)
 end
-if op == 'reserve' and me ~= '' then  -- the reservation belongs to this instance
+if op == 'reserve' and me ~= '' and keep then  -- the reservation belongs to this instance
   redis.call('HSET', record_key, 'o', me)
   redis.call('ZADD', inst_key .. ':' .. me, fmt(now), request_id)
   redis.call('PEXPIRE', inst_key, math.ceil((ttl + instance_ttl) * 1000) + 86400000)
