@@ -20,22 +20,37 @@ from extproc.gate import key_budgets, replies
 from extproc.gate.admission import Admission
 from extproc.gate.budget import Cut, StreamBudget
 from extproc.gate.encoding import Decoder
+from extproc.gate.endpoints import ENDPOINTS
 from extproc.gate.runtime import Runtime
 from extproc.gate.stream import AnswerStream, Chunk
 from extproc.providers import Provider, Usage
 from extproc.providers.tokens import encoding_name_for
 from extproc.quota import Reservation
-from extproc.telemetry.metrics import Settlement
+from extproc.telemetry.metrics import GEN_AI_OPERATIONS, Settlement
 
 UNREADABLE = "upstream-encoding"  # the `limit` label of a stream cut for an unreadable chunk
+# gen_ai.operation.name by the API the client called (one provider schema per endpoint).
+_OPERATIONS: dict[int, str] = {
+    id(e.provider): GEN_AI_OPERATIONS.get(e.name, e.name) for e in ENDPOINTS.values()
+}
+
+
+def operation_of(provider: Provider) -> str:
+    return _OPERATIONS.get(id(provider), "chat")
 
 
 async def settle(
-    rt: Runtime, admission: Admission, reservation: Reservation, usage: Usage, *, source: str
+    rt: Runtime,
+    admission: Admission,
+    reservation: Reservation,
+    usage: Usage,
+    *,
+    source: str,
+    operation: str,
 ) -> None:
     """Charge `usage` in place of the reservation, and record it (ledger, metrics).
     `source`: `provider` (its complete report), `partial` (its numbers so far, our count
-    where it had none yet) or `counted` (ours alone)."""
+    where it had none yet) or `counted` (ours alone); `operation`: gen_ai.operation.name."""
     actual = admission.costing.actual(
         usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens,
         usage.cache_write_tokens,
@@ -50,6 +65,7 @@ async def settle(
             provider=admission.provider, usage=usage, usd_micros=actual.usd_micros,
             source=source, counted_prompt=admission.prompt_tokens,
             reserved_completion=admission.reservation.cost.tokens - admission.prompt_tokens,
+            operation=operation,
         )
     )  # fmt: skip
 
@@ -104,6 +120,7 @@ class _Answer:
         self._admission = admission
         self._provider = provider
         self._decoder = decoder
+        self._operation = operation_of(provider)
         self._start()
 
     def _start(self) -> None:
@@ -157,7 +174,10 @@ class PlainAnswer(_Answer):
         if usage is None:
             await settle_reserved(self._rt, self._admission, reservation)
         else:
-            await settle(self._rt, self._admission, reservation, usage, source="provider")
+            await settle(
+                self._rt, self._admission, reservation, usage,
+                source="provider", operation=self._operation,
+            )  # fmt: skip
 
     async def settle(self) -> None:
         """Ended before its last byte (the client left): charged its reservation."""
@@ -189,6 +209,10 @@ class StreamedAnswer(_Answer):
             fail_mode=admission.tenant.policy.fail_mode,
             prompt_tokens=admission.prompt_tokens,
         )
+        self._pace = runtime.metrics.stream_pace(
+            self._operation, admission.provider, admission.model
+        )
+        self._completed = False  # its last chunk arrived (not cut, the client still there)
 
     @property
     def holds(self) -> bool:
@@ -214,18 +238,25 @@ class StreamedAnswer(_Answer):
                 return await self._cut(cut)
         pace = self._stream.pace(chunk.tokens)
         if pace is not None:
+            if pace.first_token_s is not None:
+                self._pace.first_token.observe(pace.first_token_s)
             self._rt.metrics.observe_pace(
                 first_token_s=pace.first_token_s, per_token_s=pace.per_token_s
             )
         if msg.end_of_stream:
+            self._completed = True
             await self.settle()
         return _body_reply(chunk.forward)
 
     async def _cut(self, cut: Cut) -> ep.ProcessingResponse:
         """Replace this chunk by the error event; charge what was delivered before it."""
         self.cut = cut
-        caller = self._admission.tenant.caller
-        self._rt.metrics.streams_cut.labels(caller.namespace, cut.limit).inc()
+        admission, metrics = self._admission, self._rt.metrics
+        caller = admission.tenant.caller
+        metrics.streams_cut.labels(
+            caller.namespace, caller.key_name or "-", admission.provider,
+            metrics.model_label(admission.model), cut.limit,
+        ).inc()  # fmt: skip
         self._rt.publish("cut", cut.error.message, caller, cut.limit)
         await self.settle()
         return _body_reply(self._provider.stream_error(cut.error))
@@ -239,13 +270,19 @@ class StreamedAnswer(_Answer):
             return
         reader, delivered = self._stream.reader, self._budget.delivered
         self._rt.metrics.observe_count_error(self._admission.model, delivered, reader.usage)
+        if self._completed and self.cut is None:
+            per_token = self._stream.time_per_output_token()
+            if per_token is not None:
+                self._pace.per_output_token.observe(per_token)
         reported = billable(reader.usage)
         if reported is not None:
             usage, source = reported, "provider"
         else:
             counted = Usage(self._admission.prompt_tokens, delivered)
             usage, source = at_least_reported(counted, billable(reader.reported))
-        await settle(self._rt, self._admission, reservation, usage, source=source)
+        await settle(
+            self._rt, self._admission, reservation, usage, source=source, operation=self._operation
+        )
 
 
 def _immediate(provider: Provider, error: ClientError) -> ep.ProcessingResponse:

@@ -69,6 +69,13 @@ class GovernedProcessor(Processor):
     def model(self) -> str:
         return self._model
 
+    @property
+    def served_provider(self) -> str:
+        """The provider that answered (a model route's backend), once known."""
+        if self._admission is not None:
+            return self._admission.provider
+        return super().served_provider
+
     async def admit_headers(self, tenant: Tenant, *, has_body: bool) -> None:
         headers = self._request_headers
         declared = headers.get("content-length")
@@ -162,7 +169,8 @@ class GovernedProcessor(Processor):
         return self._admission
 
     def _let_through(self, admission: Admission, capacity: Reservation) -> ep.ProcessingResponse:
-        self._capacity = capacity
+        if self._turn is not None and self._turn.keeps:  # a lease to return at the end
+            self._capacity = capacity
         if self._turn is not None:
             waited_ms = (time.time() - self._turn.arrived) * 1000
             self._headers[QUEUED_HEADER] = str(round(waited_ms))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
 from collections.abc import Mapping
 
 from envoy.config.core.v3 import base_pb2
@@ -24,10 +25,12 @@ from extproc.errors import ClientError, InternalFailure, RateLimited, Unavailabl
 from extproc.gate import replies
 from extproc.gate.admission import Tenant, admit_tenant
 from extproc.gate.credentials import credential_headers, without_credential_query
+from extproc.gate.endpoints import ENDPOINTS, path_of
 from extproc.gate.identity import verified_claims
 from extproc.gate.runtime import Runtime
 from extproc.providers import Provider
 from extproc.quota import Cost, Decision, Refusal, Reservation, ratelimit_headers, refusal_error
+from extproc.telemetry.metrics import GEN_AI_OPERATIONS, Finished
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ UPSTREAM_HEADER = "x-tokengate-upstream"
 _ENVOY_CONTROL = "x-envoy-"
 # Headers a client sends to the gateway itself, never to the provider.
 PRIORITY_HEADER = "x-tokengate-priority"
+# gen_ai.operation.name of a request to a governed endpoint (a POST: `routes.GOVERNED`).
+_OPERATIONS = {path: GEN_AI_OPERATIONS.get(e.name, e.name) for path, e in ENDPOINTS.items()}
 _TRAILERS = {
     "request_trailers": ep.ProcessingResponse(request_trailers=ep.TrailersResponse()),
     "response_trailers": ep.ProcessingResponse(response_trailers=ep.TrailersResponse()),
@@ -70,6 +75,7 @@ class Processor(abc.ABC):
         self._tenant: Tenant | None = None  # set once the caller is known
         self._headers: dict[str, str] = {}  # the caller's x-ratelimit-* headers
         self.outcome = "incomplete"  # the `outcome` label of tokengate_requests_total
+        self._began = time.perf_counter()  # for gen_ai_server_request_duration_seconds
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -168,14 +174,30 @@ class Processor(abc.ABC):
         instead of starting a settling task per stream."""
 
     def count_finished(self) -> None:
-        namespace = self._tenant.namespace if self._tenant else "-"
-        self._rt.metrics.requests.labels(
-            namespace, self._rt.metrics.model_label(self.model), self.outcome
-        ).inc()
+        """Count the request by outcome; a governed endpoint's duration is observed too."""
+        headers, tenant = self._request_headers, self._tenant
+        operation = None
+        if headers.get(":method") == "POST":
+            operation = _OPERATIONS.get(path_of(headers.get(":path", "")))
+        self._rt.metrics.record_finished(
+            Finished(
+                namespace=tenant.namespace if tenant else "-",
+                key=_key_label(tenant), provider=self.served_provider, model=self.model,
+                outcome=self.outcome, operation=operation,
+                seconds=time.perf_counter() - self._began,
+            )
+        )  # fmt: skip
 
     @property
     def model(self) -> str:
         return "-"
+
+    @property
+    def served_provider(self) -> str:
+        """The provider family a request's metrics name: the one whose API the client
+        called. (A model route may be served by another backend: a processor that knows
+        which one answers with its provider instead.)"""
+        return self._provider.name
 
     @abc.abstractmethod
     async def settle_at_end(self) -> None: ...
@@ -198,12 +220,17 @@ class Processor(abc.ABC):
             self._rt.next_request_id(), tenant.limits, cost, tenant.policy.fail_mode
         )
         self._headers.update(ratelimit_headers(decision.states))  # keeps what else it says
+        self._rt.metrics.record_limits(decision.states)
         return decision
 
     def refused(self, tenant: Tenant, refusal: Refusal) -> RateLimited:
         """The 429 for a final refusal, counted and published."""
         limit = refusal.scoped.limit.name
-        self._rt.metrics.refusals.labels(tenant.namespace, limit).inc()
+        metrics = self._rt.metrics
+        metrics.refusals.labels(
+            tenant.namespace, _key_label(tenant), self.served_provider,
+            metrics.model_label(self.model), limit,
+        ).inc()  # fmt: skip
         error = refusal_error(refusal)
         self._rt.publish("refusal", error.message, tenant.caller, limit)
         return error
@@ -227,3 +254,9 @@ class Processor(abc.ABC):
         """Last resort for a bug: a generic 500 in the provider's format, no internals."""
         log.error("internal error while processing a request", exc_info=exc)
         return self.refuse(InternalFailure("The gateway failed to process this request."))
+
+
+def _key_label(tenant: Tenant | None) -> str:
+    """The `key` label: the caller's gateway key, "-" without one (or before identity)."""
+    key = tenant.caller.key_name if tenant is not None else None
+    return key or "-"

@@ -61,6 +61,8 @@ class AnswerStream:
         self.broken = False  # not SSE we can read: forwarded untouched, counted no further
         self._last_token_at = started  # perf_counter(): admission, then the latest tokens
         self._seen_tokens = False
+        self._first_token_at = started  # when the first tokens arrived (once seen)
+        self._after_first = 0  # tokens that arrived after the first chunk of them
 
     def take(self, chunk: bytes, *, end_of_stream: bool) -> Chunk:
         if self.broken:
@@ -95,5 +97,14 @@ class AnswerStream:
         gap, self._last_token_at = now - self._last_token_at, now
         if not self._seen_tokens:
             self._seen_tokens = True
+            self._first_token_at = now
             return Pace(first_token_s=gap)
+        self._after_first += count
         return Pace(per_token_s=gap / count)
+
+    def time_per_output_token(self) -> float | None:
+        """The answer's decode pace (gen_ai.server.time_per_output_token): the time from its
+        first tokens to its last, per token after the first ones; None without any."""
+        if not self._after_first:
+            return None
+        return (self._last_token_at - self._first_token_at) / self._after_first

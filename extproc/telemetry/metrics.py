@@ -1,13 +1,31 @@
-"""Prometheus metrics. Label values that come from clients (model names) are bounded, so a
-caller cannot blow up the time-series count by inventing model names."""
+"""Prometheus metrics: the OpenTelemetry GenAI conventions (`gen_ai_*`, named as the OTel
+Prometheus exporter names them) beside the governance metrics (`tokengate_*`).
+
+Cardinality is bounded by what the platform team configures, never by what a client sends:
+`namespace` takes the namespaces that have a QuotaPolicy (plus `-` before the caller is
+known), `key` the gateway keys those policies define (plus `-` without one), `provider` and
+`gen_ai_provider_name` the provider families (openai, anthropic), `limit` the limits the
+policies name, `gen_ai_operation_name` the five governed endpoints' operations, and the
+model labels are bounded by `BoundedLabel` (MAX_MODEL_LABELS per worker, then `other`).
+
+Recording stays cheap on the data path: every labelled series a request touches is looked
+up once per label tuple and kept (`_series`), so a settlement costs one dict lookup plus the
+increments, not one `labels()` call per metric.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from extproc.policy.model import FailMode, Measure
 from extproc.providers import Usage
+
+if TYPE_CHECKING:
+    from extproc.quota.store import LimitState
 
 # ext_proc messages are handled in tens of microseconds; the buckets resolve that.
 _PHASE_BUCKETS = (
@@ -33,6 +51,31 @@ _RESERVATION_BUCKETS = (-0.5, -0.1, -0.01, 0.0, 0.01, 0.1, 0.5, 1.0, 3.0, 10.0, 
 _ERROR_BUCKETS = (-0.5, -0.2, -0.1, -0.05, -0.01, -0.001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
 MAX_MODEL_LABELS = 200
 
+# The bucket boundaries the OpenTelemetry GenAI semantic conventions recommend
+# (docs/gen-ai/gen-ai-metrics.md, "ExplicitBucketBoundaries").
+GEN_AI_TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+GEN_AI_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+GEN_AI_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+GEN_AI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# `gen_ai.operation.name` of each governed endpoint (`gate.endpoints`), from the conventions'
+# well-known values: the Responses API and Anthropic's Messages API are chat operations.
+GEN_AI_OPERATIONS = {
+    "chat.completions": "chat",
+    "messages": "chat",
+    "responses": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+}
+_GEN_AI = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
+# Limits whose fill is a budget worth a gauge (a concurrency limit's use is momentary).
+_WINDOWED = frozenset({Measure.REQUESTS, Measure.TOKENS, Measure.USD})
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settlement:
@@ -47,6 +90,20 @@ class Settlement:
     source: str  # provider | partial | counted
     counted_prompt: int  # our count of the prompt
     reserved_completion: int  # completion tokens the reservation held at admission
+    operation: str = "chat"  # gen_ai.operation.name (GEN_AI_OPERATIONS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    """One request at its end (`Processor.count_finished`)."""
+
+    namespace: str  # "-" when the caller was never identified
+    key: str  # "-" without a gateway key
+    provider: str
+    model: str  # "-" before the body named one
+    outcome: str  # the `outcome` label: ok, cut, rate_limited, upstream_error, …
+    operation: str | None  # a governed endpoint's gen_ai.operation.name; None for the others
+    seconds: float  # from the request headers to the end of the ext_proc stream
 
 
 def _ratio(estimate: int, actual: int) -> float:
@@ -70,21 +127,65 @@ class BoundedLabel:
         return value
 
 
+class _Settled:
+    """The series one settlement label tuple increments."""
+
+    __slots__ = ("completion", "input", "output", "prompt", "spend")
+
+    def __init__(self, m: Metrics, s: Settlement, model: str) -> None:
+        self.prompt = m.tokens.labels(s.namespace, s.key, s.provider, model, "prompt")
+        self.completion = m.tokens.labels(s.namespace, s.key, s.provider, model, "completion")
+        self.spend = m.spend.labels(s.namespace, s.key, model, s.provider)
+        gen_ai = (s.operation, s.provider, model)
+        self.input = m.gen_ai_token_usage.labels(*gen_ai, "input", s.namespace)
+        self.output = m.gen_ai_token_usage.labels(*gen_ai, "output", s.namespace)
+
+
+class _Ended:
+    """The series one finished-request label tuple increments."""
+
+    __slots__ = ("count", "duration")
+
+    def __init__(self, m: Metrics, f: Finished, model: str) -> None:
+        self.count = m.requests.labels(f.namespace, f.key, f.provider, model, f.outcome)
+        self.duration = None
+        if f.operation is not None:
+            error_type = "" if f.outcome == "ok" else f.outcome
+            self.duration = m.gen_ai_request_duration.labels(
+                f.operation, f.provider, model, error_type
+            )
+
+
+class StreamPace:
+    """The latency series of one (operation, provider, model): looked up once per stream."""
+
+    __slots__ = ("first_token", "per_output_token")
+
+    def __init__(self, m: Metrics, operation: str, provider: str, model: str) -> None:
+        self.first_token = m.gen_ai_time_to_first_token.labels(operation, provider, model)
+        self.per_output_token = m.gen_ai_time_per_output_token.labels(operation, provider, model)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.model_label = BoundedLabel(MAX_MODEL_LABELS)
+        # Series kept per label tuple (bounded as the labels are: see the module docstring).
+        self._series: dict[tuple[str, ...], Any] = {}
+        self._gen_ai(r)
         self.requests = Counter(
             "tokengate_requests",
-            "Requests seen by the sidecar, by caller namespace, model and outcome.",
-            ["namespace", "model", "outcome"],
+            "Requests seen by the sidecar, by caller namespace, gateway key, provider, model "
+            "and outcome.",
+            ["namespace", "key", "provider", "model", "outcome"],
             registry=r,
         )
         self.tokens = Counter(
             "tokengate_tokens",
-            "Tokens settled (provider usage when reported, else our count).",
-            ["namespace", "model", "kind"],
+            "Tokens settled (provider usage when reported, else our count), by kind: prompt "
+            "or completion.",
+            ["namespace", "key", "provider", "model", "kind"],
             registry=r,
         )
         self.phase_seconds = Histogram(
@@ -96,9 +197,19 @@ class Metrics:
         )
         self.refusals = Counter(
             "tokengate_refusals",
-            "Requests refused by a limit, by namespace and limit name.",
-            ["namespace", "limit"],
+            "Requests refused by a limit, by caller namespace, gateway key, provider, model "
+            "(- before the body named one) and limit name.",
+            ["namespace", "key", "provider", "model", "limit"],
             registry=r,
+        )
+        self.limit_usage = Gauge(
+            "tokengate_limit_usage_ratio",
+            "How full a namespace's or a gateway key's limit was at this sidecar's latest "
+            "decision about it: used / amount (1 = used up). `key` is - for the namespace's "
+            "own limits; concurrency limits are left out.",
+            ["namespace", "key", "limit", "measure"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         # multiprocess_mode: how several workers' values combine (see workers.py).
         self.streams_open = Gauge(
@@ -121,8 +232,9 @@ class Metrics:
         )
         self.streams_cut = Counter(
             "tokengate_streams_cut",
-            "Streamed answers cut because a budget ran out, by namespace and limit.",
-            ["namespace", "limit"],
+            "Streamed answers cut because a budget ran out, by caller namespace, gateway key, "
+            "provider, model and limit.",
+            ["namespace", "key", "provider", "model", "limit"],
             registry=r,
         )
         self.stream_debits = Counter(
@@ -132,13 +244,17 @@ class Metrics:
         )
         self.time_to_first_token = Histogram(
             "tokengate_time_to_first_token_seconds",
-            "From admitting a streamed request to its first generated token.",
+            "DEPRECATED, removed in the next release: use "
+            "gen_ai_server_time_to_first_token_seconds (same measure, labelled). From "
+            "admitting a streamed request to its first generated token.",
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
         self.inter_token = Histogram(
             "tokengate_inter_token_seconds",
-            "Time between generated tokens of a streamed answer (per chunk, per token).",
+            "DEPRECATED, removed in the next release: use "
+            "gen_ai_server_time_per_output_token_seconds (per answer, labelled). Time between "
+            "generated tokens of a streamed answer (per chunk, per token).",
             buckets=_ITL_BUCKETS,
             registry=r,
         )
@@ -244,27 +360,122 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self._zeroes()
+
+    def _gen_ai(self, r: CollectorRegistry) -> None:
+        """The OpenTelemetry GenAI conventions as the OTel Prometheus exporter renders them:
+        dots become underscores, the unit `s` becomes `_seconds` (`{token}` adds nothing)."""
+        self.gen_ai_token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Number of input and output tokens used per request (gen_ai.client.token.usage): "
+            "the provider's usage when reported, else our count; by caller namespace too.",
+            [*_GEN_AI, "gen_ai_token_type", "namespace"],
+            buckets=GEN_AI_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.gen_ai_time_to_first_token = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to generate the first token of a streamed answer, from its admission "
+            "(gen_ai.server.time_to_first_token).",
+            _GEN_AI,
+            buckets=GEN_AI_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.gen_ai_time_per_output_token = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first one, per completed streamed answer "
+            "(gen_ai.server.time_per_output_token).",
+            _GEN_AI,
+            buckets=GEN_AI_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.gen_ai_request_duration = Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "Duration of a request to a governed endpoint, from its headers to its last byte "
+            "(gen_ai.server.request.duration); error_type is empty for a success, else the "
+            "`outcome` of tokengate_requests_total.",
+            [*_GEN_AI, "error_type"],
+            buckets=GEN_AI_DURATION_BUCKETS,
+            registry=r,
+        )
+
+    def _zeroes(self) -> None:
+        """Series whose label values are known up front exist from the start, at 0: an alert
+        on rate() sees the first increment, and a dashboard finds the series."""
+        for mode in FailMode:
+            self.fail_mode_decisions.labels(mode.value)
+        for state in ("up", "down"):
+            self.store_transitions.labels(state)
+        self._sources = {s: self.usage_source.labels(s) for s in ("provider", "partial", "counted")}
+        self._reservation_parts = (
+            self.reservation_error.labels("prompt"),
+            self.reservation_error.labels("completion"),
+        )
 
     def record_settlement(self, s: Settlement) -> None:
         """One settled request: its tokens, its cost, and how far the reservation was off
         (prompt: our count against the provider's; completion: reserved against used)."""
-        label = self.model_label(s.model)
-        self.tokens.labels(s.namespace, label, "prompt").inc(s.usage.prompt_tokens)
-        self.tokens.labels(s.namespace, label, "completion").inc(s.usage.completion_tokens)
-        self.usage_source.labels(s.source).inc()
+        model = self.model_label(s.model)
+        index = ("s", s.namespace, s.key, s.provider, model, s.operation)
+        series = self._series.get(index)
+        if series is None:
+            series = self._series[index] = _Settled(self, s, model)
+        usage = s.usage
+        series.prompt.inc(usage.prompt_tokens)
+        series.completion.inc(usage.completion_tokens)
+        series.input.observe(usage.prompt_tokens)
+        if s.operation != "embeddings":  # an embedding generates no output tokens
+            series.output.observe(usage.completion_tokens)
+        source = self._sources.get(s.source)
+        (source or self.usage_source.labels(s.source)).inc()
         if s.usd_micros:
-            self.spend.labels(s.namespace, s.key, label, s.provider).inc(s.usd_micros)
+            series.spend.inc(s.usd_micros)
         if s.source == "provider":
-            self.reservation_error.labels("prompt").observe(
-                _ratio(s.counted_prompt, s.usage.prompt_tokens)
-            )
-            self.reservation_error.labels("completion").observe(
-                _ratio(s.reserved_completion, s.usage.completion_tokens)
-            )
+            prompt, completion = self._reservation_parts
+            prompt.observe(_ratio(s.counted_prompt, usage.prompt_tokens))
+            completion.observe(_ratio(s.reserved_completion, usage.completion_tokens))
+
+    def record_finished(self, f: Finished) -> None:
+        """A request ended: counted by outcome; a governed endpoint's duration observed."""
+        model = self.model_label(f.model)
+        index = ("f", f.namespace, f.key, f.provider, model, f.outcome, f.operation or "")
+        series = self._series.get(index)
+        if series is None:
+            series = self._series[index] = _Ended(self, f, model)
+        series.count.inc()
+        if series.duration is not None:
+            series.duration.observe(f.seconds)
+
+    def stream_pace(self, operation: str, provider: str, model: str) -> StreamPace:
+        """The TTFT and time-per-output-token series of a stream (kept per label tuple)."""
+        label = self.model_label(model)
+        index = ("p", operation, provider, label)
+        series = self._series.get(index)
+        if series is None:
+            series = self._series[index] = StreamPace(self, operation, provider, label)
+        pace: StreamPace = series
+        return pace
+
+    def record_limits(self, states: Iterable[LimitState]) -> None:
+        """How full each namespace and key limit of a decision is (route limits and
+        concurrency limits are left out)."""
+        for state in states:
+            scoped = state.scoped
+            scope, limit = scoped.scope, scoped.limit
+            if scope.route is not None or limit.measure not in _WINDOWED:
+                continue
+            key = scope.key_name or "-"
+            index = ("l", scope.namespace, key, limit.name, limit.measure)
+            gauge = self._series.get(index)
+            if gauge is None:
+                gauge = self._series[index] = self.limit_usage.labels(
+                    scope.namespace, key, limit.name, limit.measure.value
+                )
+            gauge.set(state.used / max(1, limit.amount))
 
     def observe_pace(self, *, first_token_s: float | None, per_token_s: float | None) -> None:
-        """A chunk's tokens arrived: the first token's delay, or the gap per token since the
-        previous ones (`gate.stream.Pace`)."""
+        """DEPRECATED histograms (see their help): a chunk's tokens arrived: the first token's
+        delay, or the gap per token since the previous ones (`gate.stream.Pace`)."""
         if first_token_s is not None:
             self.time_to_first_token.observe(first_token_s)
         if per_token_s is not None:

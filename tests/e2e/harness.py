@@ -34,20 +34,25 @@ def mock_records(stack: LocalStack, tag: str) -> list[dict[str, Any]]:
 
 
 def metric_value(stack: LocalStack, name: str, **labels: str) -> float:
-    """Current value of one sample on the sidecar's /metrics (0 when absent)."""
+    """The sum of the samples of `name` on the sidecar's /metrics whose labels include
+    `labels` (0 when none): the labels a test does not name are summed over, as PromQL's
+    `sum(name{labels})` would (e.g. tokens over every key of a namespace)."""
     url = f"http://127.0.0.1:{stack.ports['metrics']}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    want = {f'{k}="{v}"' for k, v in labels.items()}
+    total = 0.0
     for line in text.splitlines():
         sample, _, value = line.rpartition(" ")
-        if sample == name and not want:
-            return float(value)
-        if sample.startswith(name + "{"):
-            got = ",".join(sorted(sample[len(name) + 1 : -1].split(",")))
-            if got == want:
-                return float(value)
-    return 0.0
+        if sample == name:
+            got: set[str] = set()
+        elif sample.startswith(name + "{"):
+            got = set(sample[len(name) + 1 : -1].split(","))
+        else:
+            continue
+        if want <= got:
+            total += float(value)
+    return total
 
 
 def raw_post(
