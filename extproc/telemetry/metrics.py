@@ -16,154 +16,40 @@ increments, not one `labels()` call per metric.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from extproc.policy.model import FailMode, Measure
+from extproc.policy.model import FailMode
 from extproc.providers import Usage
+from extproc.telemetry.records import (
+    ERROR_BUCKETS,
+    GEN_AI_DURATION_BUCKETS,
+    GEN_AI_LABELS,
+    GEN_AI_OPERATIONS,
+    GEN_AI_TOKEN_BUCKETS,
+    GEN_AI_TPOT_BUCKETS,
+    GEN_AI_TTFT_BUCKETS,
+    ITL_BUCKETS,
+    MAX_MODEL_LABELS,
+    PHASE_BUCKETS,
+    QUEUE_BUCKETS,
+    RESERVATION_BUCKETS,
+    TTFT_BUCKETS,
+    WINDOWED,
+    BoundedLabel,
+    EndedSeries,
+    Finished,
+    SettledSeries,
+    Settlement,
+    StreamPace,
+    ratio,
+)
 
 if TYPE_CHECKING:
     from extproc.quota.store import LimitState
 
-# ext_proc messages are handled in tens of microseconds; the buckets resolve that.
-_PHASE_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    1.0,
-)
-_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-_QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
-# Reservations err high by design (a whole max_tokens for a short answer): wide buckets.
-_RESERVATION_BUCKETS = (-0.5, -0.1, -0.01, 0.0, 0.01, 0.1, 0.5, 1.0, 3.0, 10.0, 100.0)
-_ERROR_BUCKETS = (-0.5, -0.2, -0.1, -0.05, -0.01, -0.001, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
-MAX_MODEL_LABELS = 200
-
-# The bucket boundaries the OpenTelemetry GenAI semantic conventions recommend
-# (docs/gen-ai/gen-ai-metrics.md, "ExplicitBucketBoundaries").
-GEN_AI_TOKEN_BUCKETS = (
-    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
-)  # fmt: skip
-GEN_AI_DURATION_BUCKETS = (
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-)  # fmt: skip
-GEN_AI_TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)  # fmt: skip
-GEN_AI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
-# `gen_ai.operation.name` of each governed endpoint (`gate.endpoints`), from the conventions'
-# well-known values: the Responses API and Anthropic's Messages API are chat operations.
-GEN_AI_OPERATIONS = {
-    "chat.completions": "chat",
-    "messages": "chat",
-    "responses": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-}
-_GEN_AI = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
-# Limits whose fill is a budget worth a gauge (a concurrency limit's use is momentary).
-_WINDOWED = frozenset({Measure.REQUESTS, Measure.TOKENS, Measure.USD})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settlement:
-    """What one settlement records."""
-
-    namespace: str
-    key: str  # the gateway key's name, "-" without one
-    model: str
-    provider: str
-    usage: Usage
-    usd_micros: int
-    source: str  # provider | partial | counted
-    counted_prompt: int  # our count of the prompt
-    reserved_completion: int  # completion tokens the reservation held at admission
-    operation: str = "chat"  # gen_ai.operation.name (GEN_AI_OPERATIONS)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Finished:
-    """One request at its end (`Processor.count_finished`)."""
-
-    namespace: str  # "-" when the caller was never identified
-    key: str  # "-" without a gateway key
-    provider: str
-    model: str  # "-" before the body named one
-    outcome: str  # the `outcome` label: ok, cut, rate_limited, upstream_error, …
-    operation: str | None  # a governed endpoint's gen_ai.operation.name; None for the others
-    seconds: float  # from the request headers to the end of the ext_proc stream
-
-
-def _ratio(estimate: int, actual: int) -> float:
-    """(estimate - actual) / actual: positive = reserved more than used."""
-    return (estimate - actual) / max(1, actual)
-
-
-class BoundedLabel:
-    """Passes through the first `limit` distinct values, then answers `other`."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._seen: set[str] = set()
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen:
-            return value
-        if len(self._seen) >= self._limit:
-            return "other"
-        self._seen.add(value)
-        return value
-
-
-class _Settled:
-    """The series one settlement label tuple increments."""
-
-    __slots__ = ("completion", "input", "output", "prompt", "spend")
-
-    def __init__(self, m: Metrics, s: Settlement, model: str) -> None:
-        self.prompt = m.tokens.labels(s.namespace, s.key, s.provider, model, "prompt")
-        self.completion = m.tokens.labels(s.namespace, s.key, s.provider, model, "completion")
-        self.spend = m.spend.labels(s.namespace, s.key, model, s.provider)
-        gen_ai = (s.operation, s.provider, model)
-        self.input = m.gen_ai_token_usage.labels(*gen_ai, "input", s.namespace)
-        self.output = m.gen_ai_token_usage.labels(*gen_ai, "output", s.namespace)
-
-
-class _Ended:
-    """The series one finished-request label tuple increments."""
-
-    __slots__ = ("count", "duration")
-
-    def __init__(self, m: Metrics, f: Finished, model: str) -> None:
-        self.count = m.requests.labels(f.namespace, f.key, f.provider, model, f.outcome)
-        self.duration = None
-        if f.operation is not None:
-            error_type = "" if f.outcome == "ok" else f.outcome
-            self.duration = m.gen_ai_request_duration.labels(
-                f.operation, f.provider, model, error_type
-            )
-
-
-class StreamPace:
-    """The latency series of one (operation, provider, model): looked up once per stream."""
-
-    __slots__ = ("first_token", "per_output_token")
-
-    def __init__(self, m: Metrics, operation: str, provider: str, model: str) -> None:
-        self.first_token = m.gen_ai_time_to_first_token.labels(operation, provider, model)
-        self.per_output_token = m.gen_ai_time_per_output_token.labels(operation, provider, model)
+__all__ = ["GEN_AI_OPERATIONS", "Finished", "Metrics", "Settlement", "StreamPace"]
 
 
 class Metrics:
@@ -192,7 +78,7 @@ class Metrics:
             "tokengate_phase_seconds",
             "Sidecar time per ext_proc message, by phase.",
             ["phase"],
-            buckets=_PHASE_BUCKETS,
+            buckets=PHASE_BUCKETS,
             registry=r,
         )
         self.refusals = Counter(
@@ -247,7 +133,7 @@ class Metrics:
             "DEPRECATED, removed in the next release: use "
             "gen_ai_server_time_to_first_token_seconds (same measure, labelled). From "
             "admitting a streamed request to its first generated token.",
-            buckets=_TTFT_BUCKETS,
+            buckets=TTFT_BUCKETS,
             registry=r,
         )
         self.inter_token = Histogram(
@@ -255,7 +141,7 @@ class Metrics:
             "DEPRECATED, removed in the next release: use "
             "gen_ai_server_time_per_output_token_seconds (per answer, labelled). Time between "
             "generated tokens of a streamed answer (per chunk, per token).",
-            buckets=_ITL_BUCKETS,
+            buckets=ITL_BUCKETS,
             registry=r,
         )
         self.spend = Counter(
@@ -269,14 +155,14 @@ class Metrics:
             "(reserved - settled) / settled per request, on provider usage: `prompt` is our "
             "count against the provider's, `completion` the reserved answer against the used.",
             ["part"],
-            buckets=_RESERVATION_BUCKETS,
+            buckets=RESERVATION_BUCKETS,
             registry=r,
         )
         self.count_error = Histogram(
             "tokengate_completion_count_error_ratio",
             "(our completion count - provider's) / provider's, per streamed answer.",
             ["model"],
-            buckets=_ERROR_BUCKETS,
+            buckets=ERROR_BUCKETS,
             registry=r,
         )
 
@@ -369,7 +255,7 @@ class Metrics:
             "gen_ai_client_token_usage",
             "Number of input and output tokens used per request (gen_ai.client.token.usage): "
             "the provider's usage when reported, else our count; by caller namespace too.",
-            [*_GEN_AI, "gen_ai_token_type", "namespace"],
+            [*GEN_AI_LABELS, "gen_ai_token_type", "namespace"],
             buckets=GEN_AI_TOKEN_BUCKETS,
             registry=r,
         )
@@ -377,7 +263,7 @@ class Metrics:
             "gen_ai_server_time_to_first_token_seconds",
             "Time to generate the first token of a streamed answer, from its admission "
             "(gen_ai.server.time_to_first_token).",
-            _GEN_AI,
+            GEN_AI_LABELS,
             buckets=GEN_AI_TTFT_BUCKETS,
             registry=r,
         )
@@ -385,7 +271,7 @@ class Metrics:
             "gen_ai_server_time_per_output_token_seconds",
             "Time per output token after the first one, per completed streamed answer "
             "(gen_ai.server.time_per_output_token).",
-            _GEN_AI,
+            GEN_AI_LABELS,
             buckets=GEN_AI_TPOT_BUCKETS,
             registry=r,
         )
@@ -394,7 +280,7 @@ class Metrics:
             "Duration of a request to a governed endpoint, from its headers to its last byte "
             "(gen_ai.server.request.duration); error_type is empty for a success, else the "
             "`outcome` of tokengate_requests_total.",
-            [*_GEN_AI, "error_type"],
+            [*GEN_AI_LABELS, "error_type"],
             buckets=GEN_AI_DURATION_BUCKETS,
             registry=r,
         )
@@ -419,7 +305,7 @@ class Metrics:
         index = ("s", s.namespace, s.key, s.provider, model, s.operation)
         series = self._series.get(index)
         if series is None:
-            series = self._series[index] = _Settled(self, s, model)
+            series = self._series[index] = SettledSeries(self, s, model)
         usage = s.usage
         series.prompt.inc(usage.prompt_tokens)
         series.completion.inc(usage.completion_tokens)
@@ -432,8 +318,8 @@ class Metrics:
             series.spend.inc(s.usd_micros)
         if s.source == "provider":
             prompt, completion = self._reservation_parts
-            prompt.observe(_ratio(s.counted_prompt, usage.prompt_tokens))
-            completion.observe(_ratio(s.reserved_completion, usage.completion_tokens))
+            prompt.observe(ratio(s.counted_prompt, usage.prompt_tokens))
+            completion.observe(ratio(s.reserved_completion, usage.completion_tokens))
 
     def record_finished(self, f: Finished) -> None:
         """A request ended: counted by outcome; a governed endpoint's duration observed."""
@@ -441,7 +327,7 @@ class Metrics:
         index = ("f", f.namespace, f.key, f.provider, model, f.outcome, f.operation or "")
         series = self._series.get(index)
         if series is None:
-            series = self._series[index] = _Ended(self, f, model)
+            series = self._series[index] = EndedSeries(self, f, model)
         series.count.inc()
         if series.duration is not None:
             series.duration.observe(f.seconds)
@@ -462,7 +348,7 @@ class Metrics:
         for state in states:
             scoped = state.scoped
             scope, limit = scoped.scope, scoped.limit
-            if scope.route is not None or limit.measure not in _WINDOWED:
+            if scope.route is not None or limit.measure not in WINDOWED:
                 continue
             key = scope.key_name or "-"
             index = ("l", scope.namespace, key, limit.name, limit.measure)
@@ -502,7 +388,7 @@ class Metrics:
             "How long requests waited for a shared capacity before they were let through "
             "(0 when it had room at once), by class.",
             ["capacity", "class"],
-            buckets=_QUEUE_BUCKETS,
+            buckets=QUEUE_BUCKETS,
             registry=r,
         )
         self.shed = Counter(

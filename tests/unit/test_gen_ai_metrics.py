@@ -18,12 +18,11 @@ from extproc.providers import Usage
 from extproc.quota.store import LimitState
 from extproc.quota.windows import Scope, ScopedLimit
 from extproc.telemetry.metrics import (
-    GEN_AI_TOKEN_BUCKETS,
-    GEN_AI_TTFT_BUCKETS,
     Finished,
     Metrics,
     Settlement,
 )
+from extproc.telemetry.records import GEN_AI_TOKEN_BUCKETS, GEN_AI_TTFT_BUCKETS
 from tests import envoy_messages as em
 from tests.gate_driver import runtime_for, start
 from tests.prometheus_samples import sample_value
