@@ -160,7 +160,12 @@ class LocalEnvoy:
     exclusive_listener: bool = False
 
 
-def render_local(values: LocalEnvoy, template: Path = ENVOY_DIR / "local.yaml") -> str:
+# The local Envoy bootstrap: envoy/local.yaml, reached through the package's symlink to it
+# so that an installed package (a wheel copies the file) finds it as a source tree does.
+LOCAL_TEMPLATE = Path(__file__).with_name("local.yaml")
+
+
+def render_local(values: LocalEnvoy, template: Path = LOCAL_TEMPLATE) -> str:
     """The bootstrap as JSON (valid YAML, which Envoy reads by the file's .yaml name)."""
     upstreams = {"openai": values.openai, "anthropic": values.anthropic}
     fields: dict[str, object] = {

@@ -32,7 +32,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from extproc.dev.stack import LocalStack
-from tests.e2e.harness import metric_value, wait_until
+from tests.e2e.harness import metric_value, mock_records, wait_until
 from tests.redis_server import RedisServer
 
 C = 10  # the capacity: requests per second
@@ -335,3 +335,71 @@ async def _until_queued(stack: LocalStack, depth: int) -> None:
             return
         await asyncio.sleep(0.05)  # poll interval of the metric, not a synchronisation guess
     raise AssertionError(f"{depth} requests never queued")
+
+
+# -- budget degradation ---------------------------------------------------------------------
+
+THRIFTY = f"""
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: thrifty, namespace: thrifty}}
+spec:
+  limits: [{{name: daily-usd, usd: 0.01, per: 1d}}]
+  degrade:
+  - {{limit: daily-usd, at: 30%, models: {{"gpt-4o": gpt-4o-mini}}}}
+---
+apiVersion: tokengate.dev/v1
+kind: ApiKey
+metadata: {{name: app, namespace: thrifty}}
+spec: {{sha256: {_sha("tg-thrifty")}}}
+"""
+PRICES = Path(__file__).parents[2] / "examples" / "prices.yaml"
+
+
+@pytest.fixture(scope="module")
+def thrifty(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Iterator[LocalStack]:
+    root = tmp_path_factory.mktemp("priorities-degrade")
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "policies.yaml").write_text(THRIFTY)
+    stack = LocalStack(
+        policy_dir=policies, run_dir=root / "run", vocab_dir=vocab_dir,
+        extra_serve_args=("--price-table", str(PRICES)),
+    ).start()  # fmt: skip
+    yield stack
+    stack.stop()
+
+
+def test_crossing_a_budget_threshold_sends_the_next_request_to_the_cheaper_model(
+    thrifty: LocalStack, tag: str
+) -> None:
+    api = openai.OpenAI(
+        base_url=f"{thrifty.base_url}/v1", api_key="tg-thrifty", max_retries=0, timeout=60,
+        default_headers={"x-request-tag": tag, "x-mock-completion-tokens": "300"},
+    )  # fmt: skip
+
+    def ask() -> tuple[str | None, str, tuple[int, int]]:
+        raw = api.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=MESSAGES, max_tokens=300
+        )
+        answer = raw.parse()
+        assert answer.usage is not None
+        usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        return raw.headers.get("x-tokengate-model-substituted"), answer.model, usage
+
+    substituted, served, _ = ask()  # reserved ~$0.003 of the day's $0.01: past 30 %
+    assert (substituted, served) == (None, "gpt-4o")
+    substituted, served, (prompt, completion) = ask()
+    assert substituted == "gpt-4o -> gpt-4o-mini"
+    assert served == "gpt-4o-mini"
+    assert [r["model"] for r in mock_records(thrifty, tag)] == ["gpt-4o", "gpt-4o-mini"]
+    # Billed at the cheaper model's price: $0.15 / $0.60 per million input / output tokens,
+    # the exact sum rounded up once to whole micro-dollars (policy/prices.py).
+    spend = metric_value(
+        thrifty, "tokengate_spend_usd_micros_total", namespace="thrifty", model="gpt-4o-mini"
+    )
+    assert spend == -(-(15 * prompt + 60 * completion) // 100)
+    degraded = metric_value(
+        thrifty, "tokengate_degraded_total", namespace="thrifty", reason="budget"
+    )
+    assert degraded == 1
