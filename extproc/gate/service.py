@@ -19,6 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from extproc.gate import replies
+from extproc.gate.capacity import MAX_SLEEP_S
 from extproc.gate.processor import Processor
 from extproc.gate.routes import open_processor
 from extproc.gate.runtime import Runtime
@@ -45,7 +46,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     processor = open_processor(self._rt, request)
                 phase = request.WhichOneof("request")
                 if phase == "request_body" and processor.needs_more_time(request.request_body):
-                    yield replies.extend_timeout_reply(self._rt.limits.slow_count_timeout_s)
+                    yield replies.extend_timeout_reply(self._more_time_s())
                 started = time.perf_counter()
                 try:
                     reply = await processor.dispatch(phase, request)
@@ -63,6 +64,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self._rt.metrics.streams_open.dec()
             if processor is not None:
                 self._finish(processor)
+
+    def _more_time_s(self) -> float:
+        """A large body's count off-thread, and its longest possible wait for a shared
+        capacity after it: Envoy may honour only the first override of a message."""
+        waits = [max(c.max_wait_s.values()) for c in self._rt.policies.current.capacities]
+        queued = max(waits) + MAX_SLEEP_S + 1 if waits else 0.0
+        return self._rt.limits.slow_count_timeout_s + queued
 
     def _finish(self, processor: Processor) -> None:
         if not processor.holds:

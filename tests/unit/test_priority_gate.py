@@ -16,12 +16,13 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.errors import BadRequest
-from extproc.gate.capacity import capacity_limits
+from extproc.gate.capacity import MAX_SLEEP_S, capacity_limits
 from extproc.gate.governed import QUEUED_HEADER, SUBSTITUTED_HEADER
 from extproc.gate.priority import request_class
 from extproc.gate.processor import PRIORITY_HEADER, Processor
 from extproc.gate.replies import Deferred
 from extproc.gate.runtime import Runtime
+from extproc.gate.service import ExternalProcessor
 from extproc.policy.model import ApiKey, Priority, QuotaPolicy
 from extproc.policy.prices import load_price_table
 from tests import envoy_messages as em
@@ -198,3 +199,12 @@ def test_crossing_a_budget_threshold_switches_the_next_requests_model(rt: Runtim
         assert "batch requests are refused" in reply.immediate_response.body.decode()
 
     asyncio.run(flow())
+
+
+def test_a_large_body_gets_time_for_its_count_and_its_longest_possible_wait(rt: Runtime) -> None:
+    """Envoy may honour only a message's first timeout override: the one sent before a large
+    body is counted must already cover a queue wait after it (`mini-tier`: at most 5 s)."""
+    service = ExternalProcessor(rt)
+    assert service._more_time_s() == rt.limits.slow_count_timeout_s + 5 + MAX_SLEEP_S + 1
+    bare = runtime_for(POLICY.split("kind: Capacity", maxsplit=1)[0].rsplit("---", 1)[0])
+    assert ExternalProcessor(bare)._more_time_s() == bare.limits.slow_count_timeout_s
