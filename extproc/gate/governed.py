@@ -134,10 +134,11 @@ class GovernedProcessor(Processor):
         """Its place at the shared capacity covering what serves it (a route's first
         backend), or None when no Capacity covers it."""
         plan = self._route.plan
-        provider, model = self._provider.name, admission.request.model
+        provider, model, pool = self._provider.name, admission.request.model, None
         if plan is not None:
-            provider, model = plan.backends[0].provider, plan.backends[0].model
-        capacity = self._rt.policies.current.capacity_for(provider, model)
+            first = plan.backends[0]
+            provider, model, pool = first.provider, first.model, first.key_pool
+        capacity = self._rt.policies.current.capacity_for(provider, model, pool)
         if capacity is None:
             return None
         key = admission.tenant.caller.key

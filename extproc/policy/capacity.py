@@ -23,6 +23,7 @@ from types import MappingProxyType
 from extproc.policy._fields import (
     Doc,
     check_fields,
+    dns_label,
     limit_list,
     list_,
     mapping,
@@ -44,7 +45,7 @@ from extproc.policy.routes import PROVIDERS
 
 # Nothing waits in the queue longer than five minutes: Envoy holds the request that long
 # (its ext_proc max_message_timeout, 310 s, must exceed it: envoy/local.yaml, the chart).
-_FIELDS = ("provider", "models", "limits", "maxWait", "shedding")
+_FIELDS = ("provider", "models", "keyPool", "limits", "maxWait", "shedding")
 MAX_WAIT_S = 300
 _SHEDDING_FIELDS = ("refuseBatchAfter", "downgradeStandardAfter", "cheaper")
 _DEGRADE_FIELDS = ("limit", "at", "models", "refuse")
@@ -69,6 +70,9 @@ def capacity_document(
     if "models" in spec:
         empty = "leave spec.models out to cover every model of the provider"
         patterns = model_patterns(doc, spec["models"], "spec.models", empty=empty)
+    key_pool = None
+    if "keyPool" in spec:
+        key_pool = dns_label(doc, spec["keyPool"], "spec.keyPool")
     limits = _limits(doc, required(doc, spec, "limits", "spec."))
     waits = _max_wait(doc, spec["maxWait"]) if "maxWait" in spec else DEFAULT_MAX_WAIT_S
     refuse_batch, downgrade, cheaper = _shedding(doc, spec.get("shedding", {}), waits)
@@ -82,6 +86,7 @@ def capacity_document(
         downgrade_standard_after_s=downgrade,
         cheaper=cheaper,
         source=doc.file,
+        key_pool=key_pool,
     )
 
 

@@ -24,6 +24,7 @@ from extproc.errors import ConfigError, PolicyError
 from extproc.policy.key_pools import key_pool_reference_problem
 from extproc.policy.model import (
     ApiKey,
+    Backend,
     Capacity,
     KeyPool,
     ModelRoute,
@@ -288,6 +289,8 @@ def _check_key_pools(located: list[_Located], *, complete: bool) -> None:
             pools[item.obj.name] = item.obj
             where[item.obj.name] = f"{item.file}, document {item.document}"
     for item in located:
+        if isinstance(item.obj, Capacity) and item.obj.key_pool is not None:
+            _check_capacity_pool(item, item.obj, pools, where, complete=complete)
         if not isinstance(item.obj, ModelRoute):
             continue
         for i, backend in enumerate(item.obj.backends):
@@ -301,6 +304,25 @@ def _check_key_pools(located: list[_Located], *, complete: bool) -> None:
                     field=f"spec.backends[{i}].keyPool",
                     problem=problem,
                 )
+
+
+def _check_capacity_pool(
+    item: _Located,
+    capacity: Capacity,
+    pools: dict[str, KeyPool],
+    where: dict[str, str],
+    *,
+    complete: bool,
+) -> None:
+    """A Capacity naming a key pool names one that exists and holds its provider's keys."""
+    if not complete and capacity.key_pool not in pools:
+        return
+    as_backend = Backend(provider=capacity.provider, model="-", key_pool=capacity.key_pool)
+    problem = key_pool_reference_problem(as_backend, pools, where=where)
+    if problem is not None:
+        raise PolicyError(
+            file=item.file, document=item.document, field="spec.keyPool", problem=problem
+        )
 
 
 def _version(contents: list[tuple[str, bytes]]) -> str:

@@ -235,8 +235,13 @@ class Capacity:
     downgrade_standard_after_s: float | None = None
     cheaper: tuple[tuple[str, str], ...] = ()  # (fnmatch pattern, cheaper model), in order
     source: str = ""
+    # A provider key pool's own tier: only requests served with that pool's keys (a
+    # ModelRoute backend naming it). None: every request to the provider.
+    key_pool: str | None = None
 
-    def covers(self, provider: str, model: str) -> bool:
+    def covers(self, provider: str, model: str, key_pool: str | None = None) -> bool:
+        if self.key_pool is not None and key_pool != self.key_pool:
+            return False
         return provider == self.provider and any(
             fnmatch.fnmatchcase(model, p) for p in self.model_patterns
         )
@@ -330,10 +335,12 @@ class PolicySnapshot:
         own = scopes.get(namespace)
         return own if own is not None else scopes.get(None)
 
-    def capacity_for(self, provider: str, model: str) -> Capacity | None:
+    def capacity_for(
+        self, provider: str, model: str, key_pool: str | None = None
+    ) -> Capacity | None:
         """The first `Capacity` (in file order) covering what serves a request."""
         for capacity in self.capacities:
-            if capacity.covers(provider, model):
+            if capacity.covers(provider, model, key_pool):
                 return capacity
         return None
 

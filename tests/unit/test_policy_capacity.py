@@ -81,6 +81,19 @@ CLASSES = "interactive, standard, batch, background"
 
 INVALID_CASES = [
     Case(
+        "key-pool-missing.yaml",
+        "spec.keyPool",
+        "no ProviderKeyPool named 'openai-mian' is defined (defined: openai-main); "
+        "did you mean 'openai-main'?",
+    ),
+    Case(
+        "key-pool-wrong-provider.yaml",
+        "spec.keyPool",
+        "holds anthropic keys, but this backend's provider is openai",
+        document=2,
+    ),
+    Case("key-pool-invalid.yaml", "spec.keyPool", "DNS-1123 label"),
+    Case(
         "metadata-namespace.yaml",
         "metadata.namespace",
         "a Capacity is cluster-wide (it is the provider tier's, which every namespace's "
@@ -433,3 +446,14 @@ def test_capacities_are_read_only() -> None:
         capacity.provider = "anthropic"  # type: ignore[misc]
     with pytest.raises(TypeError):
         capacity.max_wait_s[Priority.BATCH] = 1.0  # type: ignore[index]
+
+
+def test_a_capacity_of_a_key_pool_covers_only_what_that_pool_serves(tmp_path: Path) -> None:
+    text = (INVALID / "key-pool-missing.yaml").read_text().replace("openai-mian", "openai-main")
+    (tmp_path / "pool.yaml").write_text(text)
+    snapshot = load_directory(tmp_path)
+    [capacity] = snapshot.capacities
+    assert capacity.key_pool == "openai-main"
+    assert snapshot.capacity_for("openai", "gpt-4o", "openai-main") is capacity
+    assert snapshot.capacity_for("openai", "gpt-4o") is None  # the provider's own key
+    assert snapshot.capacity_for("openai", "gpt-4o", "other-pool") is None

@@ -17,7 +17,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.errors import BadRequest
 from extproc.gate.capacity import MAX_SLEEP_S, capacity_limits
+from extproc.gate.credentials import Secret
 from extproc.gate.governed import QUEUED_HEADER, SUBSTITUTED_HEADER
+from extproc.gate.key_ring import KeyRing, RingKey
 from extproc.gate.priority import request_class
 from extproc.gate.processor import PRIORITY_HEADER, Processor
 from extproc.gate.replies import Deferred
@@ -208,3 +210,52 @@ def test_a_large_body_gets_time_for_its_count_and_its_longest_possible_wait(rt: 
     assert service._more_time_s() == rt.limits.slow_count_timeout_s + 5 + MAX_SLEEP_S + 1
     bare = runtime_for(POLICY.split("kind: Capacity", maxsplit=1)[0].rsplit("---", 1)[0])
     assert ExternalProcessor(bare)._more_time_s() == bare.limits.slow_count_timeout_s
+
+
+POOLED = f"""
+apiVersion: tokengate.dev/v1
+kind: QuotaPolicy
+metadata: {{name: team, namespace: team}}
+spec:
+  limits: [{{name: rpm, requests: 1000, per: 1m}}]
+---
+apiVersion: tokengate.dev/v1
+kind: ApiKey
+metadata: {{name: svc, namespace: team}}
+spec: {{sha256: {_sha("tg-svc")}}}
+---
+apiVersion: tokengate.dev/v1
+kind: ModelRoute
+metadata: {{name: pooled}}
+spec:
+  model: pooled
+  backends: [{{provider: openai, model: gpt-4o-mini, keyPool: secondary}}]
+---
+apiVersion: tokengate.dev/v1
+kind: Capacity
+metadata: {{name: secondary-tier}}
+spec:
+  provider: openai
+  keyPool: secondary
+  limits: [{{name: inflight, concurrent: 1}}]
+"""
+
+
+def test_a_key_pools_capacity_governs_only_what_its_keys_serve(vocab_dir: Path) -> None:
+    rt = runtime_for(POOLED)
+    key = RingKey(pool="secondary", name="k", secret=Secret("sk-k"), expires_at=None,
+                  warn_before_s=86400)  # fmt: skip
+    rt.keys.swap(KeyRing(pools={"secondary": (key,)}))
+
+    async def flow() -> None:
+        pooled, _ = await _body(rt, {**CHAT, "model": "pooled"})
+        assert _answer_headers(pooled)[QUEUED_HEADER] == "0"  # took the pool's only slot
+        _, waits = await _body(rt, {**CHAT, "model": "pooled"})
+        assert isinstance(waits, Deferred)  # the pool's tier is full
+        plain, reply = await _body(rt, CHAT)  # the provider's own key: not that tier
+        assert isinstance(reply, ep.ProcessingResponse)
+        assert QUEUED_HEADER not in _answer_headers(plain)
+        waits.then.close()
+        await pooled.finish()
+
+    asyncio.run(flow())
