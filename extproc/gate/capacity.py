@@ -108,10 +108,18 @@ class Turn:
         self._labels = (capacity.name, klass.value)
 
     async def first(self) -> Verdict:
-        """The first ask, and the shedding order applied to its estimate."""
+        """The first ask (this worker's slice of the capacity, else the store), and the
+        shedding order applied to its estimate."""
+        sliced = self._rt.store.shared and not self.keeps
+        now = time.monotonic()
+        if sliced and self._rt.slices.take(self.capacity.name, self._cost, now):
+            self._rt.metrics.queue_wait.labels(*self._labels).observe(0.0)
+            return Verdict(reservation=Reservation(self._id, (), (), self._cost))
         decision = await self._ask()
         if decision.reservation is not None:
             self._rt.metrics.queue_wait.labels(*self._labels).observe(0.0)
+            if sliced:
+                self._rt.slices.offer(self.capacity.name, self._limits, self._cost, decision, now)
             return Verdict(reservation=decision.reservation)
         self._placed = True  # a refused ask leaves a ticket (a never-queued one leaves it)
         wait = self._estimate(decision)

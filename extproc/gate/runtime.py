@@ -14,6 +14,7 @@ from extproc.gate.credentials import Secret
 from extproc.gate.identity import Caller
 from extproc.gate.key_ring import KeyChooser, KeyRing
 from extproc.gate.priority import UsageSeen
+from extproc.gate.slices import SliceBook
 from extproc.policy.model import PolicySnapshot
 from extproc.policy.overrides import OverrideBook
 from extproc.policy.prices import PriceTable
@@ -70,8 +71,13 @@ class Runtime:
     key_chooser: KeyChooser = field(default_factory=KeyChooser)
     # How full each namespace's limits were at its last decision (budget degradation).
     usage_seen: UsageSeen = field(default_factory=UsageSeen)
+    # This worker's leased slices of shared capacities (a shared store only).
+    slices: SliceBook = field(init=False)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: os.urandom(6).hex())
+
+    def __post_init__(self) -> None:
+        self.slices = SliceBook(self.store)
 
     def publish(self, kind: str, message: str, caller: Caller, limit: str) -> None:
         """An event about one caller, for `tokengate ctl events`."""

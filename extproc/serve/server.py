@@ -100,6 +100,7 @@ async def serve(
         await probe[0].stop(None)
     if service.settling:
         await asyncio.wait(service.settling, timeout=settings.grace_s)
+    await runtime.slices.aclose()  # unused capacity slices come back
     await runtime.store.aclose()
     runtime.counter.close()
 
