@@ -25,7 +25,7 @@ $(VOCAB)/.complete: $(VENV)/.installed
 	touch $@
 
 run: setup
-	$(BIN)/tokengate dev
+	$(BIN)/tokengate dev $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
