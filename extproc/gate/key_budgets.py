@@ -12,7 +12,7 @@ is simply not chosen.
 A worker learns that a key's budget is used up from its own charges (at once) and from the
 upkeep's peek of every budgeted key (each reload interval: what other sidecars charged).
 So a key overshoots its budget by at most what was in flight on it when it ran out, plus
-what other sidecars sent with it in one reload interval; both are stated in the README.
+what other sidecars sent with it in one reload interval; both are stated in docs/model-routes.md.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # Request side BUFFERED_PARTIAL, not BUFFERED: a chunked body over Envoy's buffer limit then
 # reaches us partial (we answer 413) instead of stalling until the idle timeout. Response
 # side STREAMED, not BUFFERED(_PARTIAL): BUFFERED turns a large paid answer into a
-# plain-text 500 and BUFFERED_PARTIAL intermittently stalled it. See README "Things learned".
+# plain-text 500 and BUFFERED_PARTIAL intermittently stalled it. See docs/envoy-lessons.md.
 GOVERNED_MODE = _Mode(
     request_body_mode=_Mode.BUFFERED_PARTIAL,
     response_header_mode=_Mode.SEND,
@@ -95,8 +95,8 @@ def request_body_reply(
 ) -> ep.ProcessingResponse:
     """Send `body` upstream instead of the client's. Its content-length is removed (Envoy
     then sends it chunked): Envoy 1.40 rejects the mutation as a length mismatch when the
-    reply sets a corrected content-length instead (measured; see README). `set_headers`:
-    request headers decided only now (a pool key chosen with the body)."""
+    reply sets a corrected content-length instead (measured; docs/envoy-lessons.md).
+    `set_headers`: request headers decided only now (a pool key chosen with the body)."""
     common = ep.CommonResponse(
         header_mutation=_header_mutation(set_headers or {}, ("content-length",)),
         body_mutation=ep.BodyMutation(body=body),

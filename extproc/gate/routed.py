@@ -137,7 +137,7 @@ class RoutedRequest:
     ) -> ep.ProcessingResponse:
         """One backend speaking the client's API (an alias, or a fallback left alone): no
         failover cluster and no upstream phase, only the model rewritten here (measured:
-        the upstream phase costs ~1 ms of gateway CPU per request; README)."""
+        the upstream phase costs ~1 ms of gateway CPU per request; docs/model-routes.md)."""
         answer[BACKEND_HEADER] = backend_id(backend)
         renamed = dataclasses.replace(parsed, rewrites={**parsed.rewrites, "model": backend.model})
         body = renamed.body_with(cap)

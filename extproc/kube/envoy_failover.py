@@ -4,7 +4,7 @@ Pure: values in, config fragments out; `render_local` and the Helm chart (throug
 `helm/tokengate/files/failover.json`, `make chart-files`) put the same fragments in place.
 
 How a routed request travels (chosen by trying each mechanism against Envoy 1.40, see the
-README "Model routes and failover"):
+docs/model-routes.md):
 - The sidecar, once it has read the body and found a `ModelRoute`, names a *failover
   cluster* in `x-tokengate-upstream` (`failover.openai.anthropic`: the providers of the
   route's backends, in order) and puts the backends themselves in dynamic metadata

@@ -36,7 +36,7 @@ class Algorithm(StrEnum):
 
 
 class Priority(StrEnum):
-    """Who goes first when capacity is short (README "Priorities"), highest first."""
+    """Who goes first when capacity is short (docs/priorities.md), highest first."""
 
     INTERACTIVE = "interactive"
     STANDARD = "standard"

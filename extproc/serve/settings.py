@@ -73,7 +73,7 @@ class ServeSettings:
     health: Address | None = None
     # How often the policy directory, credential files and overrides are checked.
     reload_interval_s: float = 1.0
-    # The workers' event loop: uvloop (measured faster: README "Performance") or asyncio.
+    # The workers' event loop: uvloop (measured faster: docs/performance.md) or asyncio.
     event_loop: str = "uvloop"
     # Model routes' circuit breaker: failed attempts in a row that open it, how long it
     # stays open before one probe, and when an unanswered probe frees its slot.

@@ -7,7 +7,7 @@ respawns one that dies, answers gRPC health on `--health-listen` and serves /met
 of them (prometheus-client's multiprocess mode, plus its own restart counter), forwards
 SIGTERM for a graceful drain, and reports ready once every worker serves. One worker (the
 in-process store) runs the same way, so that it too is respawned; what it loses is its
-in-process counters (README "Running the sidecar").
+in-process counters (docs/sidecar.md).
 
 The parent imports nothing of the data path: it lives as long as the pod, so it stays small;
 each worker imports the server when it starts.

@@ -373,7 +373,7 @@ class Metrics:
             self.count_error.labels(self.model_label(model)).observe(ratio)
 
     def _priorities(self, r: CollectorRegistry) -> None:
-        """Shared capacity, its queue and shedding, budget degradation (README "Priorities").
+        """Shared capacity, its queue and shedding, budget degradation (docs/priorities.md).
         `capacity` is a Capacity's name and `class` a priority class: both bounded by the
         policy (a handful of capacities, four classes)."""
         self.queue_depth = Gauge(

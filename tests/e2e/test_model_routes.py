@@ -237,7 +237,7 @@ def test_anthropic_stream_fails_over_to_openai(stack: LocalStack, tag: str) -> N
 def test_a_failure_after_the_first_byte_is_not_retried(stack: LocalStack, tag: str) -> None:
     """The client has read part of the answer when the provider's connection breaks: the
     stream ends broken, and no other backend is asked. (A break within the attempt's own
-    header round trip, before any byte reached the client, is failed over: the README.)"""
+    header round trip, before any byte reached the client, is failed over: docs/model-routes.md.)"""
     headers = {**FAIL_GPT, "x-mock-fail": "reset-after-chunks:3", "x-mock-chunk-delay-ms": "200"}
     stream = client(stack, KEY, tag, **headers).chat.completions.create(
         model="gpt-4o", messages=MESSAGES, max_tokens=60, stream=True

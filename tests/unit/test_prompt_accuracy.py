@@ -1,7 +1,7 @@
 """Counting accuracy against recorded bills: OpenAI chat requests whose `prompt_tokens` were
 published (OpenAI cookbook "How to count tokens with tiktoken"), validated against the API by
 hmarr/openai-chat-tokens, or reported with an image on community.openai.com. Each row of
-fixtures/prompt_counts/openai_chat.json names its source. The README's accuracy table is
+fixtures/prompt_counts/openai_chat.json names its source. The accuracy table (docs/settlement.md) is
 these rows.
 
 The claim under test: text, tools and functions are counted exactly; images within one token

@@ -232,7 +232,7 @@ def _process_model(
     """Floors and sidecar variants take turns in one rotation, so that the ratios compare
     runs made minutes, not a phase, apart. Every sidecar row is a fresh stack: the main
     one has just held 1,000 streams, after which it ran ~20 % slower (measured, see the
-    README).
+    docs/performance.md).
 
     Then the reference rows again at one equal load (`rate`, half the governed peak): at
     saturation the floor runs ~3x faster, and Envoy and the server amortise each wake-up

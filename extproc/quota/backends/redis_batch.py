@@ -7,7 +7,7 @@ load a batch holds one call and goes out at the end of the turn that made it (no
 Under load, while a batch is on the wire, new calls wait for the next one: the batch grows
 with the load instead of the round trips (`make bench` reads Redis's own count of reads:
 2 per plain request alone, 0.6 at saturation). One batch in flight coalesced best (A/B in
-the README: 0.97 reads per request with two in flight, 0.60 with one); a batch out longer
+docs/performance.md: 0.97 reads per request with two in flight, 0.60 with one); a batch out longer
 than `stall_s` (50 ms, or the store timeout if shorter: Redis answers in well under a
 millisecond) lets the next one go on another connection, up to `MAX_IN_FLIGHT`, so that
 one stalled answer does not hold up every call (a void or the breaker's probe included)
