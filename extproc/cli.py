@@ -135,6 +135,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     ServeSettings(quota_store=args.quota_store).validate()  # the sidecar's own rule, up front
     if not Path(args.policy_dir).is_dir():
         raise ConfigError(f"--policy-dir {args.policy_dir}: not a directory")
+    if args.price_table and not Path(args.price_table).is_file():
+        raise ConfigError(f"--price-table {args.price_table}: not a file")
+    prices = ("--price-table", str(Path(args.price_table).resolve())) if args.price_table else ()
     upstreams = {
         name: Upstream.from_url(url, what=f"--{name}-upstream") if url else None
         for name, url in (("openai", args.openai_upstream), ("anthropic", args.anthropic_upstream))
@@ -154,6 +157,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         openai_upstream=upstreams["openai"],
         anthropic_upstream=upstreams["anthropic"],
         quota_store=args.quota_store,
+        extra_serve_args=prices,
     )
     # SIGTERM stops the stack as Ctrl-C does; without this the children would outlive us.
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -294,6 +298,12 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             help=f"base URL for {title} routes, http or https, e.g. http://127.0.0.1:8080 "
             f"(default: {real} when {key} is set, else the built-in mock provider)",
         )
+    dev.add_argument(
+        "--price-table",
+        default="",
+        metavar="FILE",
+        help="a price table (e.g. examples/prices.yaml): usd limits and the spend metrics",
+    )
     dev.add_argument(
         "--run-dir", default="", help="logs, Envoy config, control token (default: a new temp dir)"
     )

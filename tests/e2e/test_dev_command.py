@@ -204,6 +204,16 @@ def test_a_redis_quota_store_holds_the_budget(start_dev: Any, tmp_path: Path, ta
         server.stop()
 
 
+def test_a_price_table_prices_what_is_spent(start_dev: Any, tag: str) -> None:
+    prices = Path(__file__).parents[2] / "examples" / "prices.yaml"
+    ready = start_dev("dev", *ANY_PORTS, "--price-table", str(prices)).ready()
+    assert _ask(ready, tag)
+    metrics = _get(f"http://127.0.0.1:{ready['ports']['metrics']}/metrics").splitlines()
+    name = "tokengate_spend_usd_micros_total{"
+    spent = [line for line in metrics if line.startswith(name) and "gpt-4o-mini" in line]
+    assert spent and float(spent[0].rsplit(" ", 1)[1]) > 0
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -211,6 +221,7 @@ def test_a_redis_quota_store_holds_the_budget(start_dev: Any, tmp_path: Path, ta
         (("--openai-upstream", "https://api.openai.com/v1"), "--openai-upstream: expected"),
         (("--anthropic-upstream", "api.anthropic.com"), "--anthropic-upstream: expected"),
         (("--policy-dir", "/nonexistent/policies"), "--policy-dir /nonexistent/policies"),
+        (("--price-table", "/nonexistent/prices.yaml"), "--price-table /nonexistent/prices"),
     ],
 )
 def test_a_bad_flag_stops_before_anything_starts(
