@@ -312,6 +312,33 @@ def test_a_rising_queue_sheds_background_then_batch_then_downgrades_standard(
     ]
 
 
+def test_a_client_that_gives_up_while_queued_leaves_the_queue_at_once(
+    single: LocalStack,
+) -> None:
+    """Through Envoy: the client's connection closes, Envoy resets the ext_proc stream, the
+    sidecar takes the ticket out (the queue is empty again long before its 3 s hold ends)."""
+    http = httpx.Client(base_url=f"{single.base_url}/v1", timeout=60)
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 5}
+    headers = {"authorization": "Bearer tg-any", "x-tokengate-priority": "interactive"}
+    gone = {"capacity": "slow-tier", "class": "interactive", "action": "gone"}
+    before = metric_value(single, "tokengate_shed_total", **gone)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        holder = pool.submit(
+            http.post, "/chat/completions", json=body,
+            headers={**headers, "x-mock-delay-ms": "4000"},
+        )  # fmt: skip
+        impatient = httpx.Client(base_url=f"{single.base_url}/v1", timeout=1.0)
+        with pytest.raises(httpx.TimeoutException):
+            impatient.post("/chat/completions", json=body, headers=headers)
+        impatient.close()  # its connection goes: Envoy resets the stream
+        left = time.monotonic()
+        wait_until(lambda: metric_value(single, "tokengate_shed_total", **gone) == before + 1)
+        assert time.monotonic() - left < 2.0  # not the ticket's hold running out (3 s)
+        capacities: list[dict[str, Any]] = _ctl_queue(single)["capacities"]  # type: ignore[assignment]
+        assert all(c["depth"] == 0 for c in capacities[0]["classes"])
+        assert holder.result().status_code == 200
+
+
 def _ctl_queue(stack: LocalStack) -> dict[str, object]:
     """`tokengate ctl queue --output json`, as an operator runs it."""
     done = subprocess.run(
