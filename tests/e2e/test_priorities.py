@@ -280,6 +280,7 @@ def test_a_rising_queue_sheds_background_then_batch_then_downgrades_standard(
         # Every request below blocks a thread while it waits: enough for all at once.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=16))
         holder = loop.run_in_executor(None, functools.partial(send, "interactive", hold_ms=9000))
+        await loop.run_in_executor(None, _until_held, single)
         waiting: list[asyncio.Future[httpx.Response]] = []
         steps = []
         # One request holds the only slot; each interactive request queued behind it adds
@@ -327,6 +328,7 @@ def test_a_client_that_gives_up_while_queued_leaves_the_queue_at_once(
             http.post, "/chat/completions", json=body,
             headers={**headers, "x-mock-delay-ms": "4000"},
         )  # fmt: skip
+        _until_held(single)
         impatient = httpx.Client(base_url=f"{single.base_url}/v1", timeout=1.0)
         with pytest.raises(httpx.TimeoutException):
             impatient.post("/chat/completions", json=body, headers=headers)
@@ -337,6 +339,17 @@ def test_a_client_that_gives_up_while_queued_leaves_the_queue_at_once(
         capacities: list[dict[str, Any]] = _ctl_queue(single)["capacities"]  # type: ignore[assignment]
         assert all(c["depth"] == 0 for c in capacities[0]["classes"])
         assert holder.result().status_code == 200
+
+
+def _until_held(stack: LocalStack) -> None:
+    """Until the request sent to hold the capacity's only slot holds it (the next ones must
+    queue behind it, not overtake it on a busy machine)."""
+
+    def held() -> bool:
+        capacities: list[dict[str, Any]] = _ctl_queue(stack)["capacities"]  # type: ignore[assignment]
+        return bool(capacities[0]["limits"][0]["used"] == 1)
+
+    wait_until(held, seconds=20)
 
 
 def _ctl_queue(stack: LocalStack) -> dict[str, object]:
