@@ -322,15 +322,15 @@ class Metrics:
             completion.observe(ratio(s.reserved_completion, usage.completion_tokens))
 
     def record_finished(self, f: Finished) -> None:
-        """A request ended: counted by outcome; a governed endpoint's duration observed."""
+        """A request ended: a governed endpoint's duration observed; counted by outcome."""
         model = self.model_label(f.model)
         index = ("f", f.namespace, f.key, f.provider, model, f.outcome, f.operation or "")
         series = self._series.get(index)
         if series is None:
             series = self._series[index] = EndedSeries(self, f, model)
-        series.count.inc()
         if series.duration is not None:
             series.duration.observe(f.seconds)
+        series.count.inc()  # last: whoever sees a request counted sees all it recorded
 
     def stream_pace(self, operation: str, provider: str, model: str) -> StreamPace:
         """The TTFT and time-per-output-token series of a stream (kept per label tuple)."""
