@@ -18,6 +18,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from extproc.errors import Unavailable
 from extproc.gate.credentials import Secret
 from extproc.quota.windows import Scope, ScopedLimit
 
@@ -94,6 +95,13 @@ class KeyChooser:
         turn = next(self._turns.setdefault(pool, itertools.count()))
         return usable[turn % len(usable)]
 
+    def require(self, ring: KeyRing, pool: str, *, now: float) -> RingKey:
+        """`choose`, or the 503 that says why a pool has none."""
+        key = self.choose(ring, pool, now=now)
+        if key is None:
+            raise no_usable_key(pool)
+        return key
+
     def has_usable(self, ring: KeyRing, pool: str, *, now: float) -> bool:
         """Whether `choose` would find a key (without taking a turn)."""
         return bool(ring.usable(pool, now=now, disabled=self.disabled, spent=self.spent))
@@ -104,3 +112,10 @@ class KeyChooser:
             return False
         self.disabled.add(key.fingerprint)
         return True
+
+
+def no_usable_key(pool: str) -> Unavailable:
+    return Unavailable(
+        f"No usable key in provider key pool {pool} (expired, refused by the provider, or its "
+        "budget used up)."
+    )

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.backends.health import Outcome
-from extproc.errors import QuotaStoreError, Unavailable
+from extproc.errors import QuotaStoreError
 from extproc.gate import replies
 from extproc.gate.admission import Admission, Tenant, expected_completion
 from extproc.gate.attempts import outcome_of, rejected, report
@@ -100,14 +100,9 @@ class RoutedRequest:
         """An alias's pool key, chosen before anything is sent; none usable is a 503."""
         if backend is None or not backend.key_pool:
             return None
-        chooser, ring = self._rt.key_chooser, self._rt.keys.current
-        key = chooser.choose(ring, backend.key_pool, now=time.time())
-        if key is None:
-            raise Unavailable(
-                f"No usable key in provider key pool {backend.key_pool} (expired, refused by "
-                "the provider, or its budget used up)."
-            )
-        return key
+        return self._rt.key_chooser.require(
+            self._rt.keys.current, backend.key_pool, now=time.time()
+        )
 
     @property
     def direct_backend(self) -> Backend | None:

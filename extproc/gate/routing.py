@@ -18,8 +18,9 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from extproc.backends.health import Admit, Verdict
-from extproc.errors import BackendsDown, ClientError, PermissionDenied, Unavailable
+from extproc.errors import BackendsDown, ClientError, PermissionDenied
 from extproc.gate.failover import BACKEND_HEADER, ROUTE_METADATA_NAMESPACE, cluster_name
+from extproc.gate.key_ring import no_usable_key
 from extproc.policy.model import Backend, ModelRoute
 from extproc.policy.prices import PriceTable
 from extproc.providers.translate.registry import translation_for
@@ -168,11 +169,7 @@ def with_keys(route: RoutePlan, has_key: Callable[[str], bool]) -> RoutePlan:
         return (
             route if len(kept) == len(route.backends) else dataclasses.replace(route, backends=kept)
         )
-    pools = ", ".join(sorted({b.key_pool for b in route.backends if b.key_pool}))
-    raise Unavailable(
-        f"No usable key in provider key pool {pools} (expired, refused by the provider, or "
-        "its budget used up)."
-    )
+    raise no_usable_key(", ".join(sorted({b.key_pool for b in route.backends if b.key_pool})))
 
 
 def served_by(response_headers: Mapping[str, str]) -> tuple[str, str] | None:

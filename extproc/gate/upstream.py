@@ -182,14 +182,9 @@ class UpstreamProcessor(Processor):
     def _credential(self, target: Target) -> Secret:
         """The backend's pool key (its turn, among the usable ones), else the provider's."""
         if target.key_pool:
-            key = self._rt.key_chooser.choose(
+            key = self._rt.key_chooser.require(
                 self._rt.keys.current, target.key_pool, now=time.time()
             )
-            if key is None:
-                raise Unavailable(
-                    f"No usable key in provider key pool {target.key_pool} (expired, refused "
-                    "by the provider, or its budget used up)."
-                )
             self._key = key
             self._rt.metrics.key_uses.labels(key.pool, key.name).inc()
             return key.secret

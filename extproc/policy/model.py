@@ -82,6 +82,15 @@ class Limit:
             object.__setattr__(self, "algorithm", Algorithm.LEASE)
 
 
+def cheaper_model(substitutions: tuple[tuple[str, str], ...], model: str) -> str | None:
+    """The model of the first pattern `model` matches (None: none matches, or it is that
+    model already)."""
+    for pattern, cheaper in substitutions:
+        if fnmatch.fnmatchcase(model, pattern):
+            return cheaper if cheaper != model else None
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Degradation:
     """A budget threshold of a policy: once `limit` (one of the policy's own limits) is at
@@ -94,10 +103,7 @@ class Degradation:
     refuse: tuple[Priority, ...] = ()
 
     def cheaper(self, model: str) -> str | None:
-        for pattern, cheaper in self.models:
-            if fnmatch.fnmatchcase(model, pattern):
-                return cheaper if cheaper != model else None
-        return None
+        return cheaper_model(self.models, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,10 +253,7 @@ class Capacity:
         )
 
     def cheaper_model(self, model: str) -> str | None:
-        for pattern, cheaper in self.cheaper:
-            if fnmatch.fnmatchcase(model, pattern):
-                return cheaper if cheaper != model else None
-        return None
+        return cheaper_model(self.cheaper, model)
 
 
 # How long before a key's expiry the pool warns, when `warnBefore` is not written.

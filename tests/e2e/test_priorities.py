@@ -34,6 +34,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from extproc.dev.stack import LocalStack
 from tests.e2e.harness import metric_value, mock_records, wait_until
 from tests.redis_server import RedisServer
+from tests.waiting import wait_until_async
 
 C = 10  # the capacity: requests per second
 FLOOD_S = 8.0
@@ -365,16 +366,11 @@ def _ctl_queue(stack: LocalStack) -> dict[str, object]:
 
 
 async def _until_queued(stack: LocalStack, depth: int) -> None:
-    """Wait (polling the sidecar's queue depth metric) until `depth` requests wait."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        queued = metric_value(
-            stack, "tokengate_queue_depth", capacity="slow-tier", **{"class": "interactive"}
-        )
-        if queued >= depth:
-            return
-        await asyncio.sleep(0.05)  # poll interval of the metric, not a synchronisation guess
-    raise AssertionError(f"{depth} requests never queued")
+    """Until `depth` requests wait (the sidecar's queue depth metric)."""
+    labels = {"capacity": "slow-tier", "class": "interactive"}
+    await wait_until_async(
+        lambda: metric_value(stack, "tokengate_queue_depth", **labels) >= depth, seconds=20
+    )
 
 
 # -- budget degradation ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ from extproc.policy import (
 )
 from extproc.policy.loader import validate_file
 from extproc.policy.model import DEFAULT_MAX_WAIT_S, Algorithm, Limit, Measure
+from tests.unit.policy_fixtures import assert_one_case_per_fixture, assert_refused_as
 
 FIXTURES = Path(__file__).parent / "fixtures" / "capacity"
 VALID = FIXTURES / "valid"
@@ -278,19 +279,12 @@ INVALID_CASES = [
 
 
 def test_every_invalid_fixture_has_exactly_one_case() -> None:
-    on_disk = sorted(p.name for p in INVALID.iterdir())
-    in_table = sorted(c.fixture for c in INVALID_CASES)
-    assert in_table == on_disk
+    assert_one_case_per_fixture(INVALID, INVALID_CASES)
 
 
 @pytest.mark.parametrize("case", INVALID_CASES, ids=[c.fixture for c in INVALID_CASES])
 def test_invalid_fixture(case: Case, tmp_path: Path) -> None:
-    shutil.copy(INVALID / case.fixture, tmp_path)
-    with pytest.raises(PolicyError) as info:
-        load_directory(tmp_path, allow_usd=True)
-    err = info.value
-    assert (err.file, err.document, err.field) == (case.fixture, case.document, case.field)
-    assert case.problem in err.problem
+    assert_refused_as(INVALID, case, tmp_path, allow_usd=True)
 
 
 def test_error_message_names_file_document_and_field() -> None:

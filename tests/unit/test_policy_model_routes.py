@@ -4,7 +4,6 @@ invalid case, and clashes across documents and files."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,6 +13,7 @@ from extproc.ctl.output import validate_files
 from extproc.errors import InvariantError, PolicyError
 from extproc.policy import Backend, ModelRoute, PolicySnapshot, load_directory, parse_documents
 from extproc.policy.loader import validate_file
+from tests.unit.policy_fixtures import assert_one_case_per_fixture, assert_refused_as
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_routes"
 VALID = FIXTURES / "valid"
@@ -133,19 +133,12 @@ INVALID_CASES = [
 
 
 def test_every_invalid_fixture_has_exactly_one_case() -> None:
-    on_disk = sorted(p.name for p in INVALID.iterdir())
-    in_table = sorted(c.fixture for c in INVALID_CASES)
-    assert in_table == on_disk
+    assert_one_case_per_fixture(INVALID, INVALID_CASES)
 
 
 @pytest.mark.parametrize("case", INVALID_CASES, ids=[c.fixture for c in INVALID_CASES])
 def test_invalid_fixture(case: Case, tmp_path: Path) -> None:
-    shutil.copy(INVALID / case.fixture, tmp_path)
-    with pytest.raises(PolicyError) as info:
-        load_directory(tmp_path)
-    err = info.value
-    assert (err.file, err.document, err.field) == (case.fixture, case.document, case.field)
-    assert case.problem in err.problem
+    assert_refused_as(INVALID, case, tmp_path)
 
 
 def test_error_message_names_file_document_and_field() -> None:

@@ -115,6 +115,17 @@ def test_a_capacity_with_room_lets_it_through_and_says_its_class(rt: Runtime) ->
     asyncio.run(flow())
 
 
+async def _until_waiting(rt: Runtime) -> None:
+    """Hand the loop over until the deferred turn waits in the queue (its depth counted):
+    yielding, not sleeping, so nothing depends on how fast the machine is."""
+    labels = {"capacity": "mini-tier", "class": "standard"}
+    for _ in range(1000):
+        if rt.metrics.registry.get_sample_value("tokengate_queue_depth", labels):
+            return
+        await asyncio.sleep(0)  # one loop turn: the waiter's
+    raise AssertionError("the deferred turn never started waiting")
+
+
 def _capacity(rt: Runtime) -> Any:
     capacity = rt.policies.current.capacity_for("openai", "gpt-4o-mini")
     assert capacity is not None
@@ -128,7 +139,7 @@ def test_a_full_capacity_defers_the_reply_until_the_lease_comes_back(rt: Runtime
         assert isinstance(reply, Deferred)
         assert reply.first.override_message_timeout.seconds >= 3  # Envoy waits long enough
         waiting = asyncio.ensure_future(reply.then)
-        await asyncio.sleep(0.05)  # give the waiter a turn; it must still be waiting
+        await _until_waiting(rt)
         assert not waiting.done()
         assert [m for m, _ in await rt.store.queue(capacity_limits(_capacity(rt)))] == [
             f"standard/{second._reservation.request_id}"  # type: ignore[attr-defined]
@@ -163,7 +174,7 @@ def test_a_client_that_leaves_while_waiting_leaves_the_queue_and_gets_its_quota_
         quitter, reply = await _body(rt, CHAT)
         assert isinstance(reply, Deferred)
         waiting = asyncio.ensure_future(reply.then)
-        await asyncio.sleep(0.05)  # it is asleep in the queue
+        await _until_waiting(rt)
         waiting.cancel()  # what gRPC does when Envoy resets the stream
         with pytest.raises(asyncio.CancelledError):
             await waiting
